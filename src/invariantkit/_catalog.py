@@ -1,0 +1,353 @@
+"""The process-wide catalog of what was declared: invariants, operations, crons, constraints.
+
+The generators (alert rules, dashboards, Sentry rules, playbooks), ``verify`` and the demo read it;
+metrics sinks create every declared label child at zero from it, so the first violation after a
+process start is seen by ``increase()``.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Literal, TypeAlias
+
+__all__ = [
+    "Catalog",
+    "Constraint",
+    "CronDecl",
+    "Declaration",
+    "IdempotentDecl",
+    "Invariant",
+    "OperationDecl",
+    "get_catalog",
+]
+
+Severity = Literal["critical", "error", "warning"]
+SEVERITIES: tuple[str, ...] = ("critical", "error", "warning")
+#: Sentry level for each severity (the guide sends critical invariants at level "fatal").
+SENTRY_LEVELS: Mapping[str, str] = MappingProxyType(
+    {"critical": "fatal", "error": "error", "warning": "warning"}
+)
+
+UPPER_SNAKE = re.compile(r"[A-Z][A-Z0-9_]*\Z")
+LOWER_SNAKE = re.compile(r"[a-z][a-z0-9_]*\Z")
+LABEL_VALUE = re.compile(r"[a-z][a-z0-9_-]*\Z")
+
+
+def check_name(
+    owner: str, field_name: str, value: object, pattern: re.Pattern[str], rule: str
+) -> str:
+    """Validate a declared name: a clear error naming the field and the rule."""
+    if not isinstance(value, str):
+        raise TypeError(f"{owner}: {field_name} must be a str, not {type(value).__name__}")
+    if not pattern.match(value):
+        raise ValueError(f"{owner}: {field_name}={value!r} must be {rule}")
+    return value
+
+
+def check_text(owner: str, field_name: str, value: object, *, optional: bool = False) -> str:
+    if value is None and optional:
+        return ""
+    if not isinstance(value, str):
+        raise TypeError(f"{owner}: {field_name} must be a str, not {type(value).__name__}")
+    if not optional and not value.strip():
+        raise ValueError(f"{owner}: {field_name} must not be empty")
+    return value
+
+
+def check_severity(owner: str, value: object) -> str:
+    if value not in SEVERITIES:
+        raise ValueError(f"{owner}: severity={value!r} must be one of {', '.join(SEVERITIES)}")
+    return str(value)
+
+
+def check_url(owner: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not re.match(r"(https?://|/|\.{0,2}/?[\w.-]+\.md)", value):
+        raise ValueError(f"{owner}: runbook_url={value!r} must be an http(s) URL or a path")
+    return value
+
+
+@dataclass(frozen=True, eq=False)
+class Invariant:
+    """A declared invariant: a guarantee whose violation must page its owner.
+
+    Declaring one registers it in the process-wide catalog, creates its violation counter child
+    ``billing_invariant_violation_total{type,invariant}`` at zero in every metrics sink, and gives
+    the generators what they need for its alert rule, dashboard panel and playbook.
+
+    Args:
+        name: UPPER_SNAKE name (``[A-Z][A-Z0-9_]*``), the Sentry message and ``invariant`` tag.
+        type: lower_snake kind (``[a-z][a-z0-9_]*``), the metric's ``type`` label.
+        severity: ``critical`` (Sentry ``fatal``, alert ``for: 0m``), ``error`` or ``warning``.
+        summary: one line for the alert.
+        description: what it means and where to look.
+        runbook_url: the playbook; defaults to the generated one.
+        team: who is paged (alert label ``team``).
+        domain: the product domain (Sentry tag ``domain``).
+        enforce: raise ``InvariantViolation`` after reporting (``None``: follow the configured mode).
+
+    Example:
+        >>> import invariantkit as ik
+        >>> REFUND_LIMIT = ik.Invariant(
+        ...     "REFUND_NOT_ABOVE_CHARGE", type="refund_above_charge",
+        ...     summary="A refund exceeded the charge it refunds",
+        ... )
+        >>> REFUND_LIMIT.level
+        'fatal'
+    """
+
+    name: str
+    type: str
+    severity: Severity = "critical"
+    summary: str = ""
+    description: str = ""
+    runbook_url: str | None = None
+    team: str = "billing"
+    domain: str = "billing"
+    enforce: bool | None = None
+    kind: Literal["invariant"] = field(default="invariant", init=False, repr=False)
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        type: str,  # noqa: A002 - the design's public keyword
+        severity: Severity = "critical",
+        summary: str,
+        description: str = "",
+        runbook_url: str | None = None,
+        team: str = "billing",
+        domain: str = "billing",
+        enforce: bool | None = None,
+    ) -> None:
+        owner = f"Invariant({name!r})" if isinstance(name, str) else "Invariant"
+        set_ = object.__setattr__
+        set_(
+            self,
+            "name",
+            check_name(owner, "name", name, UPPER_SNAKE, "UPPER_SNAKE: [A-Z][A-Z0-9_]*"),
+        )
+        set_(
+            self,
+            "type",
+            check_name(owner, "type", type, LOWER_SNAKE, "lower_snake: [a-z][a-z0-9_]*"),
+        )
+        set_(self, "severity", check_severity(owner, severity))
+        set_(self, "summary", check_text(owner, "summary", summary))
+        set_(self, "description", check_text(owner, "description", description, optional=True))
+        set_(self, "runbook_url", check_url(owner, runbook_url))
+        set_(
+            self,
+            "team",
+            check_name(owner, "team", team, LABEL_VALUE, "a label value: [a-z][a-z0-9_-]*"),
+        )
+        set_(
+            self,
+            "domain",
+            check_name(owner, "domain", domain, LABEL_VALUE, "a label value: [a-z][a-z0-9_-]*"),
+        )
+        if enforce is not None and not isinstance(enforce, bool):
+            raise TypeError(f"{owner}: enforce must be True, False or None")
+        set_(self, "enforce", enforce)
+        set_(self, "kind", "invariant")
+        get_catalog().add(self)
+
+    @property
+    def level(self) -> str:
+        """The Sentry level for this invariant's severity (``fatal``, ``error`` or ``warning``)."""
+        return SENTRY_LEVELS[self.severity]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_invariant, (self.name,))
+
+
+def _rebuild_invariant(name: str) -> Invariant:
+    return get_catalog().invariants[name]
+
+
+@dataclass(frozen=True)
+class OperationDecl:
+    """A declared operation (``ik.operation``): its span name and metric children are fixed."""
+
+    name: str
+    domain: str = "billing"
+    user_facing: bool = False
+    attributes: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    kind: Literal["operation"] = field(default="operation", init=False, repr=False)
+
+    @property
+    def span_name(self) -> str:
+        return f"{self.domain}.{self.name}"
+
+    @property
+    def event_prefix(self) -> str:
+        return f"{self.domain}_{self.name}"
+
+
+@dataclass(frozen=True)
+class CronDecl:
+    """A declared cron job (``ik.monitor_cron``): schedule and runtime bounds, in seconds."""
+
+    name: str
+    every: float
+    max_runtime: float
+    team: str = "platform"
+    sentry_slug: str | None = None
+    runbook_url: str | None = None
+    kind: Literal["cron"] = field(default="cron", init=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """A declared database constraint or unique index that protects a guarantee.
+
+    Example:
+        >>> import invariantkit as ik
+        >>> IDEMPOTENCY_IDX = ik.Constraint("subscription_payment_events_idempotency_idx")
+    """
+
+    name: str
+    team: str = "platform"
+    severity: Severity = "critical"
+    summary: str = ""
+    description: str = ""
+    runbook_url: str | None = None
+    kind: Literal["constraint"] = field(default="constraint", init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        owner = f"Constraint({self.name!r})"
+        check_name(
+            owner, "name", self.name, re.compile(r"[A-Za-z_][A-Za-z0-9_$.]*\Z"), "an SQL identifier"
+        )
+        check_name(owner, "team", self.team, LABEL_VALUE, "a label value: [a-z][a-z0-9_-]*")
+        check_severity(owner, self.severity)
+        check_url(owner, self.runbook_url)
+        if not self.summary:
+            object.__setattr__(self, "summary", f"Database constraint {self.name} is missing")
+        get_catalog().add(self)
+
+
+@dataclass(frozen=True)
+class IdempotentDecl:
+    """An operation written with ``ik.idempotent_write`` (its retry counter starts at zero)."""
+
+    name: str
+    team: str = "billing"
+    kind: Literal["idempotent"] = field(default="idempotent", init=False, repr=False)
+
+
+Declaration: TypeAlias = "Invariant | OperationDecl | CronDecl | Constraint | IdempotentDecl"
+
+
+class Catalog:
+    """Everything declared in this process, by kind and name. Thread-safe.
+
+    A later declaration with the same kind and name replaces the earlier one (module reloads).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.invariants: dict[str, Invariant] = {}
+        self.operations: dict[str, OperationDecl] = {}
+        self.crons: dict[str, CronDecl] = {}
+        self.constraints: dict[str, Constraint] = {}
+        self.idempotent: dict[str, IdempotentDecl] = {}
+        self._listeners: list[Callable[[Declaration], None]] = []
+
+    def _table(self, decl: Declaration) -> dict[str, Any]:
+        tables: dict[str, dict[str, Any]] = {
+            "invariant": self.invariants,
+            "operation": self.operations,
+            "cron": self.crons,
+            "constraint": self.constraints,
+            "idempotent": self.idempotent,
+        }
+        return tables[decl.kind]
+
+    def add(self, decl: Declaration) -> Declaration:
+        """Register ``decl`` and tell the configured sinks (which create its metrics at zero)."""
+        with self._lock:
+            table = self._table(decl)
+            existing = table.get(decl.name)
+            if existing is not None and existing == decl and decl.kind != "invariant":
+                return existing  # type: ignore[no-any-return]
+            table[decl.name] = decl
+            listeners = list(self._listeners)
+        for listener in listeners:
+            listener(decl)
+        return decl
+
+    def subscribe(self, listener: Callable[[Declaration], None]) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def __iter__(self) -> Iterator[Declaration]:
+        with self._lock:
+            items: list[Declaration] = [
+                *self.invariants.values(),
+                *self.operations.values(),
+                *self.crons.values(),
+                *self.constraints.values(),
+                *self.idempotent.values(),
+            ]
+        return iter(items)
+
+    def __len__(self) -> int:
+        return sum(
+            len(t)
+            for t in (
+                self.invariants,
+                self.operations,
+                self.crons,
+                self.constraints,
+                self.idempotent,
+            )
+        )
+
+    def snapshot(self) -> tuple[dict[str, Any], ...]:
+        """Copies of every table (for tests that must restore the catalog)."""
+        with self._lock:
+            return (
+                dict(self.invariants),
+                dict(self.operations),
+                dict(self.crons),
+                dict(self.constraints),
+                dict(self.idempotent),
+            )
+
+    def restore(self, snapshot: tuple[dict[str, Any], ...]) -> None:
+        """Put back the tables taken by ``snapshot()``."""
+        with self._lock:
+            tables: tuple[dict[str, Any], ...] = (
+                self.invariants,
+                self.operations,
+                self.crons,
+                self.constraints,
+                self.idempotent,
+            )
+            for table, saved in zip(
+                tables,
+                snapshot,
+                strict=True,
+            ):
+                table.clear()
+                table.update(saved)
+
+
+_CATALOG = Catalog()
+
+
+def get_catalog() -> Catalog:
+    """The process-wide catalog of declarations.
+
+    Example:
+        >>> import invariantkit as ik
+        >>> "NO_DOUBLE_CHARGE" in ik.get_catalog().invariants or True
+        True
+    """
+    return _CATALOG

@@ -1,0 +1,273 @@
+"""Process-wide configuration: which sinks, which mode; ``configure``, ``flush``, ``shutdown``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from invariantkit._catalog import Declaration, get_catalog
+from invariantkit._dispatch import Dispatcher
+from invariantkit._record import Record
+from invariantkit._safe import NO_SCRUB, Scrubber
+from invariantkit.sinks._base import Sink, SinkUnavailable
+
+__all__ = ["Config", "configure", "current_config", "flush", "shutdown"]
+
+logger = logging.getLogger("invariantkit")
+
+Mode = Literal["report", "enforce"]
+_TRUE = frozenset({"1", "true", "yes", "on"})
+
+
+@dataclass(frozen=True)
+class Config:
+    """The active configuration, as returned by :func:`configure`.
+
+    Attributes:
+        service: service name (``OTEL_SERVICE_NAME``; default ``"unknown_service"``).
+        environment: deployment environment (``INVARIANTKIT_ENVIRONMENT``; default ``"production"``).
+        mode: ``"report"`` (violations return False) or ``"enforce"`` (they raise).
+        test_mode: alert test mode (``ALERT_TEST_MODE=true``): violations are labelled test.
+        scrubber: what is redacted before anything leaves the process.
+        sinks: the configured sinks, in fan-out order.
+    """
+
+    service: str = "unknown_service"
+    environment: str = "production"
+    mode: Mode = "report"
+    test_mode: bool = False
+    scrubber: Scrubber = field(default_factory=Scrubber)
+    sinks: tuple[Sink, ...] = ()
+
+
+class _State:
+    """The one mutable global: read on every call without a lock (attribute reads are atomic)."""
+
+    def __init__(self) -> None:
+        self.config: Config | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.generation = 0
+        self.lock = threading.RLock()
+
+
+STATE = _State()
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in _TRUE
+
+
+def auto_sinks() -> list[Sink]:
+    """The sinks ``configure(sinks=None)`` detects: each only when its SDK is set up."""
+    from invariantkit.sinks._logs import JsonLogs
+    from invariantkit.sinks._otel import OtelTraces, tracing_configured
+
+    sinks: list[Sink] = []
+    if tracing_configured():
+        sinks.append(OtelTraces())
+    try:
+        from invariantkit.sinks._prometheus import PrometheusMetrics
+
+        sinks.append(PrometheusMetrics())
+    except SinkUnavailable:
+        pass
+    from invariantkit.sinks._sentry import Sentry, sentry_active
+
+    if sentry_active():
+        sinks.append(Sentry())
+    from invariantkit.sinks._posthog import PostHog, posthog_configured
+
+    if posthog_configured():
+        try:
+            sinks.append(PostHog())
+        except SinkUnavailable:
+            pass
+    sinks.append(JsonLogs())
+    return sinks
+
+
+def _check_sinks(sinks: Iterable[object]) -> tuple[Sink, ...]:
+    if isinstance(sinks, (str, bytes)) or not isinstance(sinks, Iterable):
+        raise TypeError("invariantkit.configure(sinks=...) must be a list of sinks")
+    checked: list[Sink] = []
+    for sink in sinks:
+        if not isinstance(sink, Sink):
+            raise TypeError(
+                f"invariantkit.configure(sinks=...): {sink!r} is not a sink (it needs name, "
+                "deferred, emit(record), flush(timeout) and shutdown(timeout)); use the classes "
+                "in invariantkit.sinks"
+            )
+        checked.append(sink)
+    return tuple(checked)
+
+
+def configure(
+    *,
+    service: str | None = None,
+    environment: str | None = None,
+    sinks: Iterable[Sink] | None = None,
+    mode: Mode | None = None,
+    test_mode: bool | None = None,
+    scrub: Scrubber | bool | None = None,
+) -> Config:
+    """Configure invariantkit for this process and return the active :class:`Config`.
+
+    May be called again (also after :func:`shutdown`): the previous sinks are flushed and
+    released, the new ones receive every declaration in the catalog (their metric children start
+    at zero), and no metric is registered twice.
+
+    Args:
+        service: service name; default ``OTEL_SERVICE_NAME``.
+        environment: default ``INVARIANTKIT_ENVIRONMENT``, else ``"production"``.
+        sinks: the backends; None auto-detects: OpenTelemetry traces when an SDK tracer provider
+            is set, Prometheus when prometheus-client is installed, Sentry when ``sentry_sdk.init``
+            ran, PostHog when ``POSTHOG_PROJECT_API_KEY`` is set, and JSON logs.
+        mode: ``"report"`` or ``"enforce"``; default ``INVARIANTKIT_MODE``, else ``"report"``.
+        test_mode: alert test mode; default ``ALERT_TEST_MODE``.
+        scrub: a :class:`Scrubber`, True/None for the default one, False to turn scrubbing off.
+
+    Example:
+        >>> import invariantkit as ik
+        >>> config = ik.configure(service="billing", sinks=[ik.sinks.Memory()])
+        >>> config.mode
+        'report'
+    """
+    if service is not None and not isinstance(service, str):
+        raise TypeError("invariantkit.configure(service=...) must be a str")
+    if environment is not None and not isinstance(environment, str):
+        raise TypeError("invariantkit.configure(environment=...) must be a str")
+    resolved_mode = mode if mode is not None else os.environ.get("INVARIANTKIT_MODE", "report")
+    resolved_mode = (
+        resolved_mode.strip().lower() if isinstance(resolved_mode, str) else resolved_mode
+    )
+    if resolved_mode not in ("report", "enforce"):
+        source = "mode" if mode is not None else "INVARIANTKIT_MODE"
+        raise ValueError(
+            f"invariantkit.configure(): {source}={resolved_mode!r} must be 'report' or 'enforce'"
+        )
+    if test_mode is not None and not isinstance(test_mode, bool):
+        raise TypeError("invariantkit.configure(test_mode=...) must be True, False or None")
+    if scrub is None or scrub is True:
+        scrubber = Scrubber()
+    elif scrub is False:
+        scrubber = NO_SCRUB
+    elif isinstance(scrub, Scrubber):
+        scrubber = scrub
+    else:
+        raise TypeError("invariantkit.configure(scrub=...) must be a Scrubber, True, False or None")
+    resolved_sinks = _check_sinks(sinks) if sinks is not None else tuple(auto_sinks())
+
+    config = Config(
+        service=service or os.environ.get("OTEL_SERVICE_NAME") or "unknown_service",
+        environment=environment or os.environ.get("INVARIANTKIT_ENVIRONMENT") or "production",
+        mode=resolved_mode,  # type: ignore[arg-type]
+        test_mode=test_mode if test_mode is not None else _env_flag("ALERT_TEST_MODE"),
+        scrubber=scrubber,
+        sinks=resolved_sinks,
+    )
+    dispatcher = Dispatcher(resolved_sinks)
+    with STATE.lock:
+        old = STATE.dispatcher
+        STATE.config = config
+        STATE.dispatcher = dispatcher
+        STATE.generation += 1
+        for decl in get_catalog():
+            _announce(dispatcher, decl)
+    if old is not None:
+        old.shutdown(1.0, keep=resolved_sinks)
+    return config
+
+
+def _announce(dispatcher: Dispatcher, decl: Declaration) -> None:
+    dispatcher.emit(
+        Record("declare", decl.name, "declared", "", "", None, time.time(), declaration=decl)
+    )
+
+
+def _on_declare(decl: Declaration) -> None:
+    dispatcher = STATE.dispatcher
+    if dispatcher is not None:
+        _announce(dispatcher, decl)
+
+
+get_catalog().subscribe(_on_declare)
+
+
+def dispatcher() -> Dispatcher:
+    """The active dispatcher; configures with defaults on first use (never a silent no-op)."""
+    d = STATE.dispatcher
+    if d is None:
+        with STATE.lock:
+            if STATE.dispatcher is None:
+                configure()
+            d = STATE.dispatcher
+    assert d is not None
+    return d
+
+
+def current_config() -> Config:
+    """The active :class:`Config` (configuring with defaults on first use)."""
+    config = STATE.config
+    if config is None:
+        dispatcher()
+        config = STATE.config
+    assert config is not None
+    return config
+
+
+def count_dropped(sink_name: str, count: int) -> None:
+    """Count signals that a sink's SDK dropped in ``invariantkit_sink_dropped_total{sink}``."""
+    d = STATE.dispatcher
+    if d is not None:
+        d.count_dropped(sink_name, count)
+
+
+def flush(timeout: float = 2.0) -> bool:
+    """Hand everything queued to every sink's SDK and flush them, within ``timeout`` seconds.
+
+    Returns True when everything was handed over in time. Never raises, even when backends are
+    down. Does not close clients the user passed in.
+
+    Example:
+        >>> import invariantkit as ik
+        >>> ik.flush(timeout=0.5)
+        True
+    """
+    d = STATE.dispatcher
+    if d is None:
+        return True
+    try:
+        return d.flush(timeout)
+    except Exception:
+        logger.exception("invariantkit: flush failed")
+        return False
+
+
+def shutdown(timeout: float = 2.0) -> bool:
+    """Flush like :func:`flush`, then stop invariantkit's own workers, within ``timeout`` seconds.
+
+    After it, the API keeps working: the next call configures again with defaults, and
+    :func:`configure` may be called again.
+
+    Example:
+        >>> import invariantkit as ik
+        >>> ik.shutdown(timeout=0.5)
+        True
+    """
+    with STATE.lock:
+        d = STATE.dispatcher
+        STATE.dispatcher = None
+        STATE.config = None
+        STATE.generation += 1
+    if d is None:
+        return True
+    try:
+        return d.shutdown(timeout)
+    except Exception:
+        logger.exception("invariantkit: shutdown failed")
+        return False

@@ -1,0 +1,184 @@
+"""Correlation: one trace id and one user id for every signal of a unit of work."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, MutableMapping
+from contextvars import ContextVar, Token
+from types import TracebackType
+
+from opentelemetry import baggage as otel_baggage
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+__all__ = ["Binding", "correlation_id", "extract", "identify", "inject"]
+
+#: The user bound with ``identify()`` in the current context.
+USER: ContextVar[str | None] = ContextVar("invariantkit.user_id", default=None)
+#: The fallback correlation ``(trace_id, span_id)`` when no valid OpenTelemetry span is current.
+CORRELATION: ContextVar[tuple[int, int] | None] = ContextVar(
+    "invariantkit.correlation", default=None
+)
+
+BAGGAGE_USER_KEY = "user_id"
+_TRACECONTEXT = TraceContextTextMapPropagator()
+_BAGGAGE = W3CBaggagePropagator()
+_getrandbits = random.getrandbits  # reseeded in forked children by the random module itself
+
+
+def new_trace_id() -> int:
+    """A random, valid (non-zero) 128-bit trace id."""
+    return _getrandbits(128) or 1
+
+
+def new_span_id() -> int:
+    """A random, valid (non-zero) 64-bit span id."""
+    return _getrandbits(64) or 1
+
+
+def current_ids() -> tuple[int, int] | None:
+    """The ``(trace_id, span_id)`` of the current span, else of the bound correlation, else None."""
+    ctx = trace.get_current_span().get_span_context()
+    if ctx.is_valid:
+        return ctx.trace_id, ctx.span_id
+    return CORRELATION.get()
+
+
+def correlation_id() -> str:
+    """Return the correlation id of the current unit of work: 32 lowercase hex characters.
+
+    It is the current OpenTelemetry trace id when a valid span is current, else the id that the
+    enclosing operation or violation bound. Outside of both, a fresh id is returned each call
+    (nothing is bound: a worker thread never keeps one id for its whole life).
+
+    Example:
+        >>> import invariantkit as ik
+        >>> len(ik.correlation_id())
+        32
+    """
+    ids = current_ids()
+    return format(ids[0] if ids is not None else new_trace_id(), "032x")
+
+
+class Binding:
+    """A context binding returned by ``identify()`` and ``extract()``.
+
+    The binding is active as soon as it is created; use it as a context manager (or call
+    ``detach()``) to restore what was bound before.
+    """
+
+    __slots__ = ("_otel_token", "_user_token")
+
+    def __init__(
+        self,
+        user_token: Token[str | None] | None,
+        otel_token: Token[otel_context.Context] | None = None,
+    ) -> None:
+        self._user_token = user_token
+        self._otel_token = otel_token
+
+    def detach(self) -> None:
+        """Restore the user id and trace context that were current before this binding."""
+        if self._otel_token is not None:
+            otel_context.detach(self._otel_token)
+            self._otel_token = None
+        if self._user_token is not None:
+            USER.reset(self._user_token)
+            self._user_token = None
+
+    def __enter__(self) -> Binding:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.detach()
+
+
+def _check_user_id(user_id: object) -> str:
+    if isinstance(user_id, bool) or not isinstance(user_id, (str, int)):
+        raise TypeError(
+            f"invariantkit.identify(): user_id must be a str (or int), not {type(user_id).__name__}"
+        )
+    text = str(user_id)
+    if not text or len(text) > 200:
+        raise ValueError("invariantkit.identify(): user_id must be 1 to 200 characters long")
+    return text
+
+
+def identify(user_id: str | int) -> Binding:
+    """Bind ``user_id`` to the current context: Sentry user, PostHog ``distinct_id``, span
+    attribute ``enduser.id`` and log field ``user_id`` of every signal emitted in it.
+
+    Active at once; as a context manager it restores the previous user on exit.
+
+    Example:
+        >>> import invariantkit as ik
+        >>> with ik.identify("user_42"):
+        ...     pass
+    """
+    text = _check_user_id(user_id)
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attribute("enduser.id", text)
+    return Binding(USER.set(text))
+
+
+def _current_context() -> otel_context.Context:
+    ctx = otel_context.get_current()
+    if not trace.get_current_span(ctx).get_span_context().is_valid:
+        ids = CORRELATION.get()
+        if ids is not None:
+            parent = trace.NonRecordingSpan(
+                trace.SpanContext(
+                    trace_id=ids[0],
+                    span_id=ids[1],
+                    is_remote=False,
+                    trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
+                )
+            )
+            ctx = trace.set_span_in_context(parent, ctx)
+    user = USER.get()
+    if user is not None:
+        ctx = otel_baggage.set_baggage(BAGGAGE_USER_KEY, user, ctx)
+    return ctx
+
+
+def inject(headers: MutableMapping[str, str]) -> MutableMapping[str, str]:
+    """Write W3C ``traceparent`` (and ``baggage`` with the user id) into ``headers``.
+
+    The next service calls ``extract()`` on them and continues the same correlation id. Returns
+    ``headers`` for convenience.
+
+    Example:
+        >>> import invariantkit as ik
+        >>> headers = ik.inject({})
+    """
+    ctx = _current_context()
+    _TRACECONTEXT.inject(headers, context=ctx)
+    _BAGGAGE.inject(headers, context=ctx)
+    return headers
+
+
+def extract(headers: Mapping[str, str]) -> Binding:
+    """Continue the correlation id and user id that ``inject()`` wrote in another service.
+
+    Attaches the remote trace context and binds the user id from ``baggage``; use it as a
+    context manager around the handling of the request.
+
+    Example:
+        >>> import invariantkit as ik
+        >>> with ik.extract({"traceparent": "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"}):
+        ...     assert ik.correlation_id() == "ab" * 16
+    """
+    lowered = {str(k).lower(): v for k, v in headers.items()}
+    ctx = _TRACECONTEXT.extract(lowered)
+    ctx = _BAGGAGE.extract(lowered, context=ctx)
+    user = otel_baggage.get_baggage(BAGGAGE_USER_KEY, ctx)
+    user_token = USER.set(str(user)) if isinstance(user, str) and user else None
+    return Binding(user_token, otel_context.attach(ctx))

@@ -1,0 +1,264 @@
+"""Fan-out: every record to every sink, each isolated; deferred sinks on a bounded worker."""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from invariantkit._record import Record
+
+if TYPE_CHECKING:
+    from invariantkit.sinks._base import Sink
+
+__all__ = ["Dispatcher", "Worker"]
+
+logger = logging.getLogger("invariantkit")
+
+DEFAULT_QUEUE_SIZE = 10_000
+
+
+class _Marker:
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+
+_STOP = object()
+_WORKERS: weakref.WeakSet[Worker] = weakref.WeakSet()
+
+
+class Worker:
+    """A bounded queue drained by one daemon thread, started lazily and again after ``fork()``.
+
+    ``submit`` never blocks: when the queue holds ``maxsize`` items the item is dropped and
+    ``on_drop`` is told, so the loss is counted instead of silent.
+    """
+
+    def __init__(
+        self,
+        handler: Callable[[Any], None],
+        *,
+        maxsize: int = DEFAULT_QUEUE_SIZE,
+        on_drop: Callable[[int], None] | None = None,
+        name: str = "invariantkit-worker",
+    ) -> None:
+        self._handler = handler
+        self._maxsize = maxsize
+        self._on_drop = on_drop
+        self._name = name
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._stopped = False
+        _WORKERS.add(self)
+
+    def submit(self, item: Any) -> bool:
+        if self._thread is None:
+            self._start()
+        if self._stopped or self._queue.qsize() >= self._maxsize:
+            if self._on_drop is not None:
+                self._on_drop(1)
+            return False
+        self._queue.put(item)
+        return True
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None and not self._stopped:
+                thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                thread.start()
+                self._thread = thread
+
+    def _run(self) -> None:
+        get = self._queue.get
+        handler = self._handler
+        while True:
+            item = get()
+            if item is _STOP:
+                return
+            if isinstance(item, _Marker):
+                item.event.set()
+                continue
+            try:
+                handler(item)
+            except Exception:  # the handler isolates sinks; this is a last resort
+                logger.exception("invariantkit: background worker handler failed")
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until everything submitted before this call was handled (at most ``timeout`` s)."""
+        if self._thread is None or not self._thread.is_alive():
+            return self._queue.empty()
+        marker = _Marker()
+        self._queue.put(marker)
+        return marker.event.wait(max(timeout, 0.0))
+
+    def stop(self, timeout: float) -> bool:
+        """Drain what is queued (within ``timeout``), then end the thread."""
+        drained = self.flush(timeout)
+        self._stopped = True
+        thread = self._thread
+        if thread is not None and thread.is_alive():
+            self._queue.put(_STOP)
+            thread.join(max(timeout, 0.0) if drained else 0.05)
+        return drained
+
+    def _after_fork_in_child(self) -> None:
+        # The parent's thread does not exist here; its queue may hold half-handled state.
+        self._queue = queue.SimpleQueue()
+        self._thread = None
+        self._lock = threading.Lock()
+
+
+def _reset_workers_after_fork() -> None:
+    for worker in list(_WORKERS):
+        worker._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_workers_after_fork)
+
+
+class Dispatcher:
+    """Sends each record to every sink. A sink's exception is caught, counted in
+    ``invariantkit_sink_errors_total{sink}`` and logged once per sink; it never reaches the caller.
+    """
+
+    def __init__(self, sinks: Iterable[Sink], *, queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
+        self.sinks: tuple[Sink, ...] = tuple(sinks)
+        self.inline: tuple[Sink, ...] = tuple(s for s in self.sinks if not s.deferred)
+        self.deferred: tuple[Sink, ...] = tuple(s for s in self.sinks if s.deferred)
+        self._logged: set[str] = set()
+        self._closed = False
+        self.worker: Worker | None = (
+            Worker(self._run_deferred, maxsize=queue_size, on_drop=self._worker_dropped)
+            if self.deferred
+            else None
+        )
+        # The traces sink opens spans itself (they must exist during the call).
+        from invariantkit.sinks._otel import OtelTraces
+
+        self.traces: OtelTraces | None = next(
+            (s for s in self.sinks if isinstance(s, OtelTraces)), None
+        )
+        self.log_sinks: tuple[Any, ...] = tuple(s for s in self.sinks if s.name == "json_logs")
+
+    # -- hot path -------------------------------------------------------------------------------
+
+    def emit(self, record: Record) -> None:
+        for sink in self.inline:
+            try:
+                sink.emit(record)
+            except Exception as exc:
+                self.sink_failed(sink, exc)
+        if self.worker is not None:
+            self.worker.submit(record)
+
+    def wants_start(self) -> bool:
+        """True when some log sink would write the debug ``operation start`` line."""
+        return any(s.logger.isEnabledFor(logging.DEBUG) for s in self.log_sinks)
+
+    def _run_deferred(self, record: Record) -> None:
+        for sink in self.deferred:
+            try:
+                sink.emit(record)
+            except Exception as exc:
+                self.sink_failed(sink, exc)
+
+    # -- failures -------------------------------------------------------------------------------
+
+    def sink_failed(self, sink: Sink, exc: BaseException) -> None:
+        """Count and (once per sink) log a sink's failure. Never raises."""
+        name = getattr(sink, "name", type(sink).__name__)
+        try:
+            self._count("sink_error", name, 1, exclude=sink)
+            if name not in self._logged:
+                self._logged.add(name)
+                logger.warning(
+                    "invariantkit: sink %r failed (%s: %s); further failures are only counted in "
+                    "invariantkit_sink_errors_total",
+                    name,
+                    type(exc).__name__,
+                    _short(exc),
+                )
+        except Exception:
+            pass
+
+    def count_dropped(self, sink_name: str, count: int) -> None:
+        """Count signals a sink or its SDK dropped (``invariantkit_sink_dropped_total``)."""
+        try:
+            self._count("sink_dropped", sink_name, count)
+        except Exception:
+            pass
+
+    def _worker_dropped(self, count: int) -> None:
+        for sink in self.deferred:
+            self.count_dropped(sink.name, count)
+
+    def _count(self, kind: str, name: str, count: int, exclude: Sink | None = None) -> None:
+        record = Record(
+            kind,  # type: ignore[arg-type]
+            name,
+            "error",
+            "",
+            "",
+            None,
+            time.time(),
+            attributes={"count": count},
+        )
+        for sink in self.inline:
+            if sink is exclude:
+                continue
+            try:
+                sink.emit(record)
+            except Exception:
+                pass
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def flush(self, timeout: float) -> bool:
+        deadline = time.monotonic() + max(timeout, 0.0)
+        ok = True
+        if self.worker is not None:
+            ok = self.worker.flush(_left(deadline)) and ok
+        for sink in self.sinks:
+            try:
+                ok = bool(sink.flush(_left(deadline))) and ok
+            except Exception as exc:
+                self.sink_failed(sink, exc)
+                ok = False
+        return ok
+
+    def shutdown(self, timeout: float, keep: Iterable[Sink] = ()) -> bool:
+        """Drain the worker, then shut every sink down; sinks in ``keep`` (reused by a new
+        configuration) are only flushed."""
+        deadline = time.monotonic() + max(timeout, 0.0)
+        kept = {id(s) for s in keep}
+        ok = True
+        if self.worker is not None:
+            ok = self.worker.stop(_left(deadline)) and ok
+        for sink in self.sinks:
+            try:
+                end = sink.flush if id(sink) in kept else sink.shutdown
+                ok = bool(end(_left(deadline))) and ok
+            except Exception as exc:
+                self.sink_failed(sink, exc)
+                ok = False
+        self._closed = True
+        return ok
+
+
+def _left(deadline: float) -> float:
+    return max(deadline - time.monotonic(), 0.0)
+
+
+def _short(exc: BaseException) -> str:
+    from invariantkit._safe import safe_str
+
+    return safe_str(exc, 200)

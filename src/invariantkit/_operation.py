@@ -1,0 +1,530 @@
+"""``ik.operation`` / ``ik.billing_operation``: one decorator or context manager per operation."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping
+from contextvars import ContextVar, Token
+from types import TracebackType
+from typing import Any, TypeVar, cast, overload
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
+from typing_extensions import ParamSpec
+
+from invariantkit._catalog import LABEL_VALUE, LOWER_SNAKE, OperationDecl, check_name, get_catalog
+from invariantkit._config import STATE, dispatcher
+from invariantkit._context import CORRELATION, USER, current_ids, new_span_id, new_trace_id
+from invariantkit._dispatch import Dispatcher
+from invariantkit._record import EMPTY, Record
+from invariantkit._safe import safe_str
+
+__all__ = ["Operation", "OperationRun", "billing_operation", "operation"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+Y = TypeVar("Y")
+S = TypeVar("S")
+
+logger = logging.getLogger("invariantkit")
+
+_OK = Status(StatusCode.OK)
+_perf_counter = time.perf_counter
+_time = time.time
+_attach = otel_context.attach
+_detach = otel_context.detach
+_set_span_in_context = trace.set_span_in_context
+_internal_errors_logged: set[str] = set()
+
+
+def _internal_error(where: str) -> None:
+    """invariantkit itself failed: never let it reach business code; log it once per place."""
+    if where not in _internal_errors_logged:
+        _internal_errors_logged.add(where)
+        logger.exception("invariantkit: internal error in %s (further ones are not logged)", where)
+
+
+class OperationRun:
+    """One execution of an operation: the handle ``with ik.operation(...) as run`` gives.
+
+    Example:
+        >>> import invariantkit as ik
+        >>> with ik.billing_operation("refund") as run:
+        ...     run.set_attribute("refund.reason", "duplicate")
+    """
+
+    __slots__ = (
+        "_attributes",
+        "_corr_token",
+        "_dispatcher",
+        "_span",
+        "_stack_token",
+        "_start",
+        "_token",
+        "_user",
+        "decl",
+        "span_id",
+        "trace_id",
+    )
+    _stack_token: Token[OperationRun | None]
+
+    def __init__(self, decl: OperationDecl, d: Dispatcher) -> None:
+        self.decl = decl
+        self._dispatcher = d
+        self._attributes: dict[str, Any] | None = None
+        user = self._user = USER.get()
+        traces = d.traces
+        if traces is not None:
+            span = traces.tracer.start_span(decl.span_name, attributes=_span_attributes(decl))
+            if user is not None:
+                span.set_attribute("enduser.id", user)
+            self._span: trace.Span | None = span
+            self._token: Token[otel_context.Context] | None = _attach(_set_span_in_context(span))
+            self._corr_token: Token[tuple[int, int] | None] | None = None
+            ctx = span.get_span_context()
+            self.trace_id = ctx.trace_id
+            self.span_id = ctx.span_id
+        else:
+            self._span = None
+            self._token = None
+            ids = current_ids()
+            if ids is None:
+                ids = (new_trace_id(), new_span_id())
+                self._corr_token = CORRELATION.set(ids)
+            else:
+                self._corr_token = None
+            self.trace_id, self.span_id = ids
+        if d.log_sinks and d.wants_start():
+            d.emit(self._record("operation_start", "started", None, None))
+        self._start = _perf_counter()
+
+    @property
+    def correlation_id(self) -> str:
+        """The trace id of this run, 32 lowercase hex characters."""
+        return format(self.trace_id, "032x")
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        """Attach ``key=value`` to this run's span, log line and Sentry/PostHog context.
+
+        Values are scrubbed like tags; never put an id you want as a metric label here: ids are
+        never metric labels.
+        """
+        from invariantkit._config import current_config
+
+        try:
+            key = safe_str(key, 100)
+            text = (
+                value
+                if isinstance(value, (bool, int, float))
+                else current_config().scrubber.scrub_text(safe_str(value, 1000))
+            )
+            if self._attributes is None:
+                self._attributes = {}
+            self._attributes[key] = text
+            if self._span is not None:
+                self._span.set_attribute(key, text)
+        except Exception:
+            _internal_error("OperationRun.set_attribute")
+
+    def _record(
+        self, kind: str, status: str, duration: float | None, exc: BaseException | None
+    ) -> Record:
+        attrs = self.decl.attributes
+        if self._attributes:
+            attrs = {**attrs, **self._attributes}
+        return Record(
+            kind,  # type: ignore[arg-type]
+            self.decl.name,
+            status,
+            format(self.trace_id, "032x"),
+            format(self.span_id, "016x"),
+            self._user,
+            _time(),
+            duration,
+            attrs or EMPTY,
+            EMPTY,
+            exc,
+            self.decl,
+        )
+
+    def _close(self) -> None:
+        if self._token is not None:
+            _detach(self._token)
+            self._token = None
+        if self._corr_token is not None:
+            CORRELATION.reset(self._corr_token)
+            self._corr_token = None
+
+    def succeed(self) -> None:
+        """End the run as a success (span OK, success counter and histogram)."""
+        try:
+            duration = _perf_counter() - self._start
+            span = self._span
+            if span is not None:
+                span.set_status(_OK)
+                span.end()
+            self._close()
+            self._dispatcher.emit(self._record("operation", "success", duration, None))
+        except Exception:
+            _internal_error("operation success path")
+
+    def fail(self, exc: BaseException) -> None:
+        """End the run as a failure caused by ``exc`` (which the caller re-raises unchanged)."""
+        try:
+            duration = _perf_counter() - self._start
+            span = self._span
+            if span is not None:
+                span.record_exception(exc, escaped=True)
+                span.set_status(
+                    Status(StatusCode.ERROR, f"{type(exc).__name__}: {safe_str(exc, 500)}")
+                )
+                span.end()
+            self._close()
+            self._dispatcher.emit(self._record("operation", "failure", duration, exc))
+        except Exception:
+            _internal_error("operation failure path")
+
+    # Generators run between yields in the consumer's context: re-bind the span (or the
+    # fallback correlation) for each step, and unbind it before yielding.
+    def _resume(self) -> tuple[Any, Any]:
+        if self._span is not None:
+            return _attach(_set_span_in_context(self._span)), None
+        if current_ids() is None:
+            return None, CORRELATION.set((self.trace_id, self.span_id))
+        return None, None
+
+
+def _suspend(tokens: tuple[Any, Any] | None) -> None:
+    if tokens is None:
+        return
+    otel_token, corr_token = tokens
+    try:
+        if otel_token is not None:
+            _detach(otel_token)
+        if corr_token is not None:
+            CORRELATION.reset(corr_token)
+    except Exception:
+        _internal_error("generator step")
+
+
+def _span_attributes(decl: OperationDecl) -> Mapping[str, Any]:
+    attrs = _SPAN_ATTRS.get(decl)
+    if attrs is None:
+        attrs = {"billing.operation": decl.name, "billing.domain": decl.domain}
+        for key, value in decl.attributes.items():
+            attrs[key] = value
+        _SPAN_ATTRS[decl] = attrs
+    return attrs
+
+
+_SPAN_ATTRS: dict[OperationDecl, dict[str, Any]] = {}
+
+
+def _begin(decl: OperationDecl) -> OperationRun | None:
+    try:
+        return OperationRun(decl, STATE.dispatcher or dispatcher())
+    except Exception:
+        _internal_error("operation start")
+        return None
+
+
+class Operation:
+    """A declared operation: a decorator for plain, async, generator and async-generator
+    functions, and a (sync or async) context manager. Returned by :func:`operation`.
+
+    On success: span ``<domain>.<name>`` with ``billing.operation`` and status OK,
+    ``billing_operation_total{operation,outcome="success"}``, the duration histogram, an INFO JSON
+    log line, and PostHog ``<domain>_<name>_success`` when ``user_facing``. On failure: the span
+    records the exception (status ERROR), ``outcome="failure"``,
+    ``billing_operation_errors_total{operation,error_type}``, a Sentry exception tagged
+    ``operation``, ``domain`` and ``trace_id``, an ERROR log line, PostHog ``..._failure``; then the
+    exception is re-raised unchanged (same object, same traceback).
+    """
+
+    __slots__ = ("_active", "decl")
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        domain: str = "billing",
+        user_facing: bool = False,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> None:
+        owner = f"operation({name!r})" if isinstance(name, str) else "operation"
+        check_name(owner, "name", name, LOWER_SNAKE, "lower_snake: [a-z][a-z0-9_]*")
+        check_name(owner, "domain", domain, LABEL_VALUE, "a label value: [a-z][a-z0-9_-]*")
+        if not isinstance(user_facing, bool):
+            raise TypeError(f"{owner}: user_facing must be True or False")
+        static: dict[str, Any] = {}
+        if attributes is not None:
+            if not isinstance(attributes, Mapping):
+                raise TypeError(
+                    f"{owner}: attributes must be a mapping of str to str/int/float/bool"
+                )
+            for key, value in attributes.items():
+                if not isinstance(key, str) or not isinstance(value, (str, int, float, bool)):
+                    raise TypeError(
+                        f"{owner}: attribute {key!r}={value!r} must map a str to a "
+                        "str, int, float or bool (span attributes cannot hold other types)"
+                    )
+                static[key] = value
+        self.decl = OperationDecl(name, domain, user_facing, static)
+        get_catalog().add(self.decl)
+        self._active: ContextVar[OperationRun | None] = ContextVar(
+            f"invariantkit.operation.{name}", default=None
+        )
+
+    # -- context manager ----------------------------------------------------------------------
+
+    def __enter__(self) -> OperationRun:
+        run = _begin(self.decl)
+        if run is None:  # instrumentation failed: the block still runs
+            run = _NullRun(self.decl)
+        run._stack_token = self._active.set(run)
+        return run
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        run = self._active.get()
+        if run is None:
+            return
+        self._active.reset(run._stack_token)
+        if exc is None or isinstance(exc, GeneratorExit):
+            run.succeed()
+        else:
+            run.fail(exc)
+
+    async def __aenter__(self) -> OperationRun:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    # -- decorator ----------------------------------------------------------------------------
+
+    @overload
+    def __call__(
+        self, fn: Callable[P, AsyncGenerator[Y, S]]
+    ) -> Callable[P, AsyncGenerator[Y, S]]: ...
+    @overload
+    def __call__(self, fn: Callable[P, Generator[Y, S, R]]) -> Callable[P, Generator[Y, S, R]]: ...
+    @overload
+    def __call__(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R]) -> Callable[P, R]: ...
+
+    def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
+        if not callable(fn):
+            raise TypeError(f"operation({self.decl.name!r}) decorates a function, not {fn!r}")
+        decl = self.decl
+        if inspect.isasyncgenfunction(fn):
+            return _wrap_async_gen(decl, fn)
+        if inspect.isgeneratorfunction(fn):
+            return _wrap_gen(decl, fn)
+        if inspect.iscoroutinefunction(fn):
+            return _wrap_async(decl, fn)
+        return _wrap_sync(decl, fn)
+
+
+class _NullRun(OperationRun):
+    """Stand-in when instrumentation itself failed: the business code still runs."""
+
+    def __init__(self, decl: OperationDecl) -> None:
+        self.decl = decl
+        self._span = None
+        self._attributes = None
+        self.trace_id = 0
+        self.span_id = 0
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        return None
+
+    def succeed(self) -> None:
+        return None
+
+    def fail(self, exc: BaseException) -> None:
+        return None
+
+
+def _wrap_sync(decl: OperationDecl, fn: Callable[P, R]) -> Callable[P, R]:
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        run = _begin(decl)
+        if run is None:
+            return fn(*args, **kwargs)
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            run.fail(exc)
+            raise
+        run.succeed()
+        return result
+
+    return wrapper
+
+
+def _wrap_async(decl: OperationDecl, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        run = _begin(decl)
+        if run is None:
+            return await fn(*args, **kwargs)
+        try:
+            result = await fn(*args, **kwargs)
+        except BaseException as exc:
+            run.fail(exc)
+            raise
+        run.succeed()
+        return result
+
+    return wrapper
+
+
+def _wrap_gen(
+    decl: OperationDecl, fn: Callable[P, Generator[Y, S, R]]
+) -> Callable[P, Generator[Y, S, R]]:
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> Generator[Y, S, R]:
+        gen = fn(*args, **kwargs)
+        run: OperationRun | None = None
+        send_value: Any = None
+        to_throw: BaseException | None = None
+        while True:
+            if run is None:
+                run = _begin(decl)
+                if run is None:
+                    return (yield from gen)
+                tokens = None  # _begin bound the span already
+            else:
+                tokens = run._resume()
+            try:
+                item = gen.send(send_value) if to_throw is None else gen.throw(to_throw)
+            except StopIteration as stop:
+                _suspend(tokens)
+                run.succeed()
+                return cast("R", stop.value)
+            except BaseException as exc:
+                _suspend(tokens)
+                run.fail(exc)
+                raise
+            if tokens is not None:
+                _suspend(tokens)
+            else:
+                run._close()
+            try:
+                send_value = yield item
+                to_throw = None
+            except GeneratorExit:
+                gen.close()
+                run.succeed()
+                raise
+            except BaseException as exc:
+                send_value, to_throw = None, exc
+
+    return wrapper
+
+
+def _wrap_async_gen(
+    decl: OperationDecl, fn: Callable[P, AsyncGenerator[Y, S]]
+) -> Callable[P, AsyncGenerator[Y, S]]:
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> AsyncGenerator[Y, S]:
+        agen = fn(*args, **kwargs)
+        run: OperationRun | None = None
+        send_value: Any = None
+        to_throw: BaseException | None = None
+        while True:
+            if run is None:
+                run = _begin(decl)
+                if run is None:
+                    async for item in agen:
+                        yield item
+                    return
+                tokens = None
+            else:
+                tokens = run._resume()
+            try:
+                if to_throw is None:
+                    item = await agen.asend(send_value)
+                else:
+                    item = await agen.athrow(to_throw)
+            except StopAsyncIteration:
+                _suspend(tokens)
+                run.succeed()
+                return
+            except BaseException as exc:
+                _suspend(tokens)
+                run.fail(exc)
+                raise
+            if tokens is not None:
+                _suspend(tokens)
+            else:
+                run._close()
+            try:
+                send_value = yield item
+                to_throw = None
+            except GeneratorExit:
+                await agen.aclose()
+                run.succeed()
+                raise
+            except BaseException as exc:
+                send_value, to_throw = None, exc
+
+    return wrapper
+
+
+def operation(
+    name: str,
+    *,
+    domain: str = "billing",
+    user_facing: bool = False,
+    attributes: Mapping[str, Any] | None = None,
+) -> Operation:
+    """Declare an operation; use the result as a decorator or a context manager.
+
+    Args:
+        name: lower_snake name; the span is ``<domain>.<name>``, the metric label ``operation``.
+        domain: the product domain (Sentry tag ``domain``).
+        user_facing: also send PostHog ``<domain>_<name>_success`` / ``_failure``.
+        attributes: static span attributes (str keys; str, int, float or bool values).
+
+    Example:
+        >>> import invariantkit as ik
+        >>> @ik.operation("charge", domain="payments")
+        ... def charge(amount: int) -> int:
+        ...     return amount
+        >>> charge(5)
+        5
+    """
+    return Operation(name, domain=domain, user_facing=user_facing, attributes=attributes)
+
+
+def billing_operation(
+    name: str, *, user_facing: bool = False, attributes: Mapping[str, Any] | None = None
+) -> Operation:
+    """:func:`operation` with domain ``"billing"``: the guide's instrumentation template in one line.
+
+    Example:
+        >>> import invariantkit as ik
+        >>> @ik.billing_operation("renewal", user_facing=True)
+        ... def renew(subscription_id: str) -> str:
+        ...     return "renewed"
+        >>> with ik.identify("user_42"):
+        ...     renew("sub_1")
+        'renewed'
+    """
+    return Operation(name, domain="billing", user_facing=user_facing, attributes=attributes)
