@@ -17,8 +17,11 @@ Example:
 from invariantkit import sinks
 from invariantkit._catalog import Catalog, Constraint, Invariant, get_catalog
 from invariantkit._config import Config, configure, flush, shutdown
+from invariantkit._constraints import verify_constraints
 from invariantkit._context import Binding, correlation_id, extract, identify, inject
+from invariantkit._cron import monitor_cron
 from invariantkit._events import track
+from invariantkit._idempotency import DbError, idempotent_write
 from invariantkit._invariant import InvariantViolation, assert_invariant, report_violation
 from invariantkit._operation import Operation, OperationRun, billing_operation, operation
 from invariantkit._record import Record
@@ -32,6 +35,7 @@ __all__ = [
     "Catalog",
     "Config",
     "Constraint",
+    "DbError",
     "Invariant",
     "InvariantViolation",
     "JsonFormatter",
@@ -47,13 +51,16 @@ __all__ = [
     "extract",
     "flush",
     "get_catalog",
+    "idempotent_write",
     "identify",
     "inject",
+    "monitor_cron",
     "operation",
     "report_violation",
     "shutdown",
     "sinks",
     "track",
+    "verify_constraints",
 ]
 
 for _name in __all__:

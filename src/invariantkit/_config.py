@@ -183,6 +183,23 @@ def configure(
     return config
 
 
+def swap(
+    config: Config | None, new_dispatcher: Dispatcher | None
+) -> tuple[Config | None, Dispatcher | None]:
+    """Install ``config`` and ``new_dispatcher`` without shutting the previous ones down; return
+    the previous pair. For ``invariantkit.testing``, which must restore the user's set-up intact.
+    """
+    with STATE.lock:
+        previous = (STATE.config, STATE.dispatcher)
+        STATE.config = config
+        STATE.dispatcher = new_dispatcher
+        STATE.generation += 1
+        if new_dispatcher is not None:
+            for decl in get_catalog():
+                _announce(new_dispatcher, decl)
+    return previous
+
+
 def _announce(dispatcher: Dispatcher, decl: Declaration) -> None:
     dispatcher.emit(
         Record("declare", decl.name, "declared", "", "", None, time.time(), declaration=decl)

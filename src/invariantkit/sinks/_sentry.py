@@ -125,28 +125,14 @@ class Sentry:
             self._checkin(record)
 
     def _checkin(self, record: Record) -> None:
-        from sentry_sdk.crons import capture_checkin
+        from invariantkit.sinks._sentry_crons import capture_cron_checkin
 
-        decl = record.declaration
-        slug = getattr(decl, "sentry_slug", None) or record.name.replace("_", "-")
-        config: Any = None
-        every = getattr(decl, "every", None)
-        if every:
-            minutes = max(round(every / 60), 1)
-            max_runtime = getattr(decl, "max_runtime", None) or 0
-            config = {
-                "schedule": {"type": "interval", "value": minutes, "unit": "minute"},
-                "checkin_margin": max(minutes // 10, 1),
-                "max_runtime": max(round(max_runtime / 60), 1),
-            }
-        status = {"in_progress": "in_progress", "ok": "ok"}.get(record.status, "error")
-        capture_checkin(
-            monitor_slug=slug,
-            check_in_id=record.attributes.get("check_in_id"),
-            status=status,
-            duration=record.duration,
-            monitor_config=config,
-        )
+        if self.client is None:
+            capture_cron_checkin(record)
+            return
+        with self._sdk.new_scope() as scope:
+            scope.set_client(self.client)
+            capture_cron_checkin(record)
 
     def _client(self) -> Any:
         return self.client if self.client is not None else self._sdk.get_client()
