@@ -98,3 +98,33 @@ def alertmanager_factory() -> Iterator[Callable[..., Alertmanager]]:
 
 
 # --- invariantkit fixtures (owned by the core) ---
+
+
+@pytest.fixture(autouse=True)
+def _restore_invariantkit_state() -> Iterator[None]:
+    """Leave invariantkit as each test found it (like structlog's reset_defaults): configuration,
+    catalog, bound user and correlation, and Sentry's global client."""
+    import sentry_sdk
+
+    from invariantkit._catalog import get_catalog
+    from invariantkit._config import STATE, swap
+    from invariantkit._context import CORRELATION, USER
+
+    saved_state = (STATE.config, STATE.dispatcher)
+    catalog = get_catalog().snapshot()
+    user_token = USER.set(None)
+    corr_token = CORRELATION.set(None)
+    sentry_scope = sentry_sdk.get_global_scope()
+    sentry_client = sentry_scope.client
+    try:
+        yield
+    finally:
+        current = STATE.dispatcher
+        if current is not saved_state[1]:
+            swap(*saved_state)
+            if current is not None:
+                current.shutdown(1.0)
+        get_catalog().restore(catalog)
+        USER.reset(user_token)
+        CORRELATION.reset(corr_token)
+        sentry_scope.set_client(sentry_client)
