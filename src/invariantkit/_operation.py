@@ -38,7 +38,17 @@ _time = time.time
 _attach = otel_context.attach
 _detach = otel_context.detach
 _set_span_in_context = trace.set_span_in_context
+_tuple_new = tuple.__new__
+_DEBUG = logging.DEBUG
 _internal_errors_logged: set[str] = set()
+
+
+def _hex32(value: int) -> str:
+    return value.to_bytes(16, "big").hex()
+
+
+def _hex16(value: int) -> str:
+    return value.to_bytes(8, "big").hex()
 
 
 def _internal_error(where: str) -> None:
@@ -46,6 +56,25 @@ def _internal_error(where: str) -> None:
     if where not in _internal_errors_logged:
         _internal_errors_logged.add(where)
         logger.exception("invariantkit: internal error in %s (further ones are not logged)", where)
+
+
+class _Plan:
+    """Everything about an operation that does not change between calls, computed once at
+    decoration time: the declaration, the span name and the span's static attributes."""
+
+    __slots__ = ("attributes", "decl", "name", "span_attributes", "span_name")
+
+    def __init__(self, decl: OperationDecl) -> None:
+        self.decl = decl
+        self.name = decl.name
+        self.span_name = decl.span_name
+        self.attributes: Mapping[str, Any] = decl.attributes or EMPTY
+        span_attributes: dict[str, Any] = {
+            "billing.operation": decl.name,
+            "billing.domain": decl.domain,
+        }
+        span_attributes.update(decl.attributes)
+        self.span_attributes = span_attributes
 
 
 class OperationRun:
@@ -61,6 +90,7 @@ class OperationRun:
         "_attributes",
         "_corr_token",
         "_dispatcher",
+        "_plan",
         "_span",
         "_stack_token",
         "_start",
@@ -72,40 +102,42 @@ class OperationRun:
     )
     _stack_token: Token[OperationRun | None]
 
-    def __init__(self, decl: OperationDecl, d: Dispatcher) -> None:
-        self.decl = decl
+    def __init__(self, plan: _Plan, d: Dispatcher) -> None:
+        self._plan = plan
+        self.decl = plan.decl
         self._dispatcher = d
         self._attributes: dict[str, Any] | None = None
         user = self._user = USER.get()
         traces = d.traces
         if traces is not None:
-            span = traces.tracer.start_span(decl.span_name, attributes=_span_attributes(decl))
+            span = traces.tracer.start_span(plan.span_name, attributes=plan.span_attributes)
             if user is not None:
                 span.set_attribute("enduser.id", user)
             self._span: trace.Span | None = span
             self._token: Token[otel_context.Context] | None = _attach(_set_span_in_context(span))
             self._corr_token: Token[tuple[int, int] | None] | None = None
             ctx = span.get_span_context()
-            self.trace_id = ctx.trace_id
-            self.span_id = ctx.span_id
+            self.trace_id: int = ctx.trace_id
+            self.span_id: int = ctx.span_id
         else:
             self._span = None
             self._token = None
             ids = current_ids()
             if ids is None:
                 ids = (new_trace_id(), new_span_id())
-                self._corr_token = CORRELATION.set(ids)
-            else:
-                self._corr_token = None
+            # Bound even when nested, so generator steps can restore exactly this run's ids.
+            self._corr_token = CORRELATION.set(ids)
             self.trace_id, self.span_id = ids
-        if d.log_sinks and d.wants_start():
-            d.emit(self._record("operation_start", "started", None, None))
+        for sink in d.log_sinks:
+            if sink.logger.isEnabledFor(_DEBUG):
+                d.emit(self._record("operation_start", "started", None, None))
+                break
         self._start = _perf_counter()
 
     @property
     def correlation_id(self) -> str:
         """The trace id of this run, 32 lowercase hex characters."""
-        return format(self.trace_id, "032x")
+        return _hex32(self.trace_id)
 
     def set_attribute(self, key: str, value: Any) -> None:
         """Attach ``key=value`` to this run's span, log line and Sentry/PostHog context.
@@ -133,25 +165,32 @@ class OperationRun:
     def _record(
         self, kind: str, status: str, duration: float | None, exc: BaseException | None
     ) -> Record:
-        attrs = self.decl.attributes
+        plan = self._plan
+        attrs = plan.attributes
         if self._attributes:
             attrs = {**attrs, **self._attributes}
-        return Record(
-            kind,  # type: ignore[arg-type]
-            self.decl.name,
-            status,
-            format(self.trace_id, "032x"),
-            format(self.span_id, "016x"),
-            self._user,
-            _time(),
-            duration,
-            attrs or EMPTY,
-            EMPTY,
-            exc,
-            self.decl,
+        # tuple.__new__ directly: the NamedTuple's generated __new__ costs a Python call.
+        return _tuple_new(  # type: ignore[no-any-return]
+            Record,
+            (
+                kind,
+                plan.name,
+                status,
+                _hex32(self.trace_id),
+                _hex16(self.span_id),
+                self._user,
+                _time(),
+                duration,
+                attrs,
+                EMPTY,
+                exc,
+                plan.decl,
+                False,
+            ),
         )
 
     def _close(self) -> None:
+        """Unbind the span (or fallback correlation) from the current context."""
         if self._token is not None:
             _detach(self._token)
             self._token = None
@@ -167,7 +206,8 @@ class OperationRun:
             if span is not None:
                 span.set_status(_OK)
                 span.end()
-            self._close()
+            if self._token is not None or self._corr_token is not None:
+                self._close()
             self._dispatcher.emit(self._record("operation", "success", duration, None))
         except Exception:
             _internal_error("operation success path")
@@ -190,12 +230,14 @@ class OperationRun:
 
     # Generators run between yields in the consumer's context: re-bind the span (or the
     # fallback correlation) for each step, and unbind it before yielding.
-    def _resume(self) -> tuple[Any, Any]:
-        if self._span is not None:
-            return _attach(_set_span_in_context(self._span)), None
-        if current_ids() is None:
+    def _resume(self) -> tuple[Any, Any] | None:
+        try:
+            if self._span is not None:
+                return _attach(_set_span_in_context(self._span)), None
             return None, CORRELATION.set((self.trace_id, self.span_id))
-        return None, None
+        except Exception:
+            _internal_error("generator step")
+            return None
 
 
 def _suspend(tokens: tuple[Any, Any] | None) -> None:
@@ -211,25 +253,23 @@ def _suspend(tokens: tuple[Any, Any] | None) -> None:
         _internal_error("generator step")
 
 
-def _span_attributes(decl: OperationDecl) -> Mapping[str, Any]:
-    attrs = _SPAN_ATTRS.get(decl)
-    if attrs is None:
-        attrs = {"billing.operation": decl.name, "billing.domain": decl.domain}
-        for key, value in decl.attributes.items():
-            attrs[key] = value
-        _SPAN_ATTRS[decl] = attrs
-    return attrs
-
-
-_SPAN_ATTRS: dict[OperationDecl, dict[str, Any]] = {}
-
-
-def _begin(decl: OperationDecl) -> OperationRun | None:
+def _begin(plan: _Plan) -> OperationRun | None:
     try:
-        return OperationRun(decl, STATE.dispatcher or dispatcher())
+        return OperationRun(plan, STATE.dispatcher or dispatcher())
     except Exception:
         _internal_error("operation start")
         return None
+
+
+def _begin_detached(plan: _Plan) -> OperationRun | None:
+    """Start a run for a generator: the span exists, but is bound only during each step."""
+    run = _begin(plan)
+    if run is not None:
+        try:
+            run._close()
+        except Exception:
+            _internal_error("generator start")
+    return run
 
 
 class Operation:
@@ -243,9 +283,15 @@ class Operation:
     ``billing_operation_errors_total{operation,error_type}``, a Sentry exception tagged
     ``operation``, ``domain`` and ``trace_id``, an ERROR log line, PostHog ``..._failure``; then the
     exception is re-raised unchanged (same object, same traceback).
+
+    Example:
+        >>> import invariantkit as ik
+        >>> REFUND = ik.billing_operation("refund")
+        >>> with REFUND as run:
+        ...     run.set_attribute("refund.reason", "duplicate")
     """
 
-    __slots__ = ("_active", "decl")
+    __slots__ = ("_active", "_plan", "decl")
 
     def __init__(
         self,
@@ -274,6 +320,7 @@ class Operation:
                     )
                 static[key] = value
         self.decl = OperationDecl(name, domain, user_facing, static)
+        self._plan = _Plan(self.decl)
         get_catalog().add(self.decl)
         self._active: ContextVar[OperationRun | None] = ContextVar(
             f"invariantkit.operation.{name}", default=None
@@ -282,7 +329,7 @@ class Operation:
     # -- context manager ----------------------------------------------------------------------
 
     def __enter__(self) -> OperationRun:
-        run = _begin(self.decl)
+        run = _begin(self._plan)
         if run is None:  # instrumentation failed: the block still runs
             run = _NullRun(self.decl)
         run._stack_token = self._active.set(run)
@@ -297,7 +344,10 @@ class Operation:
         run = self._active.get()
         if run is None:
             return
-        self._active.reset(run._stack_token)
+        try:
+            self._active.reset(run._stack_token)
+        except Exception:  # exited in another context than entered: still end the run
+            _internal_error("operation context manager exit")
         if exc is None or isinstance(exc, GeneratorExit):
             run.succeed()
         else:
@@ -330,14 +380,14 @@ class Operation:
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
         if not callable(fn):
             raise TypeError(f"operation({self.decl.name!r}) decorates a function, not {fn!r}")
-        decl = self.decl
+        plan = self._plan
         if inspect.isasyncgenfunction(fn):
-            return _wrap_async_gen(decl, fn)
+            return _wrap_async_gen(plan, fn)
         if inspect.isgeneratorfunction(fn):
-            return _wrap_gen(decl, fn)
+            return _wrap_gen(plan, fn)
         if inspect.iscoroutinefunction(fn):
-            return _wrap_async(decl, fn)
-        return _wrap_sync(decl, fn)
+            return _wrap_async(plan, fn)
+        return _wrap_sync(plan, fn)
 
 
 class _NullRun(OperationRun):
@@ -346,6 +396,8 @@ class _NullRun(OperationRun):
     def __init__(self, decl: OperationDecl) -> None:
         self.decl = decl
         self._span = None
+        self._token = None
+        self._corr_token = None
         self._attributes = None
         self.trace_id = 0
         self.span_id = 0
@@ -360,10 +412,10 @@ class _NullRun(OperationRun):
         return None
 
 
-def _wrap_sync(decl: OperationDecl, fn: Callable[P, R]) -> Callable[P, R]:
+def _wrap_sync(plan: _Plan, fn: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        run = _begin(decl)
+        run = _begin(plan)
         if run is None:
             return fn(*args, **kwargs)
         try:
@@ -377,10 +429,10 @@ def _wrap_sync(decl: OperationDecl, fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def _wrap_async(decl: OperationDecl, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def _wrap_async(plan: _Plan, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        run = _begin(decl)
+        run = _begin(plan)
         if run is None:
             return await fn(*args, **kwargs)
         try:
@@ -394,23 +446,18 @@ def _wrap_async(decl: OperationDecl, fn: Callable[P, Awaitable[R]]) -> Callable[
     return wrapper
 
 
-def _wrap_gen(
-    decl: OperationDecl, fn: Callable[P, Generator[Y, S, R]]
-) -> Callable[P, Generator[Y, S, R]]:
+def _wrap_gen(plan: _Plan, fn: Callable[P, Generator[Y, S, R]]) -> Callable[P, Generator[Y, S, R]]:
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> Generator[Y, S, R]:
         gen = fn(*args, **kwargs)
-        run: OperationRun | None = None
+        # The body of this wrapper first runs at the consumer's first next(): so does the run.
+        run = _begin_detached(plan)
+        if run is None:
+            return (yield from gen)
         send_value: Any = None
         to_throw: BaseException | None = None
         while True:
-            if run is None:
-                run = _begin(decl)
-                if run is None:
-                    return (yield from gen)
-                tokens = None  # _begin bound the span already
-            else:
-                tokens = run._resume()
+            tokens = run._resume()
             try:
                 item = gen.send(send_value) if to_throw is None else gen.throw(to_throw)
             except StopIteration as stop:
@@ -421,15 +468,21 @@ def _wrap_gen(
                 _suspend(tokens)
                 run.fail(exc)
                 raise
-            if tokens is not None:
-                _suspend(tokens)
-            else:
-                run._close()
+            _suspend(tokens)
             try:
                 send_value = yield item
                 to_throw = None
             except GeneratorExit:
-                gen.close()
+                # The consumer stopped early (close(), break, garbage collection): the inner
+                # generator's cleanup runs in the span, and the run ends as a success.
+                tokens = run._resume()
+                try:
+                    gen.close()
+                except BaseException as exc:
+                    _suspend(tokens)
+                    run.fail(exc)
+                    raise
+                _suspend(tokens)
                 run.succeed()
                 raise
             except BaseException as exc:
@@ -439,24 +492,20 @@ def _wrap_gen(
 
 
 def _wrap_async_gen(
-    decl: OperationDecl, fn: Callable[P, AsyncGenerator[Y, S]]
+    plan: _Plan, fn: Callable[P, AsyncGenerator[Y, S]]
 ) -> Callable[P, AsyncGenerator[Y, S]]:
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> AsyncGenerator[Y, S]:
         agen = fn(*args, **kwargs)
-        run: OperationRun | None = None
+        run = _begin_detached(plan)
+        if run is None:
+            async for item in agen:
+                yield item
+            return
         send_value: Any = None
         to_throw: BaseException | None = None
         while True:
-            if run is None:
-                run = _begin(decl)
-                if run is None:
-                    async for item in agen:
-                        yield item
-                    return
-                tokens = None
-            else:
-                tokens = run._resume()
+            tokens = run._resume()
             try:
                 if to_throw is None:
                     item = await agen.asend(send_value)
@@ -470,15 +519,19 @@ def _wrap_async_gen(
                 _suspend(tokens)
                 run.fail(exc)
                 raise
-            if tokens is not None:
-                _suspend(tokens)
-            else:
-                run._close()
+            _suspend(tokens)
             try:
                 send_value = yield item
                 to_throw = None
             except GeneratorExit:
-                await agen.aclose()
+                tokens = run._resume()
+                try:
+                    await agen.aclose()
+                except BaseException as exc:
+                    _suspend(tokens)
+                    run.fail(exc)
+                    raise
+                _suspend(tokens)
                 run.succeed()
                 raise
             except BaseException as exc:
