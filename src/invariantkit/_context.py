@@ -6,6 +6,7 @@ import random
 from collections.abc import Mapping, MutableMapping
 from contextvars import ContextVar, Token
 from types import TracebackType
+from urllib.parse import quote, unquote
 
 from opentelemetry import baggage as otel_baggage
 from opentelemetry import context as otel_context
@@ -100,10 +101,13 @@ class Binding:
         self.detach()
 
 
-def _check_user_id(user_id: object) -> str:
+def _check_user_id(user_id: object) -> str | None:
+    if user_id is None:
+        return None
     if isinstance(user_id, bool) or not isinstance(user_id, (str, int)):
         raise TypeError(
-            f"invariantkit.identify(): user_id must be a str (or int), not {type(user_id).__name__}"
+            "invariantkit.identify(): user_id must be a str (or int, or None for no user), "
+            f"not {type(user_id).__name__}"
         )
     text = str(user_id)
     if not text or len(text) > 200:
@@ -111,11 +115,12 @@ def _check_user_id(user_id: object) -> str:
     return text
 
 
-def identify(user_id: str | int) -> Binding:
+def identify(user_id: str | int | None) -> Binding:
     """Bind ``user_id`` to the current context: Sentry user, PostHog ``distinct_id``, span
     attribute ``enduser.id`` and log field ``user_id`` of every signal emitted in it.
 
-    Active at once; as a context manager it restores the previous user on exit.
+    Active at once; as a context manager it restores the previous user on exit. ``None`` binds
+    "no user" (an anonymous request): PostHog events are then personless.
 
     Example:
         >>> import invariantkit as ik
@@ -123,10 +128,24 @@ def identify(user_id: str | int) -> Binding:
         ...     pass
     """
     text = _check_user_id(user_id)
-    span = trace.get_current_span()
-    if span.is_recording():
-        span.set_attribute("enduser.id", text)
+    if text is not None:
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attribute("enduser.id", text)
     return Binding(USER.set(text))
+
+
+# The baggage propagator strips surrounding whitespace from values on extract: escape what it
+# would lose (and "%", the escape itself) so any user id round-trips exactly; plain ids are sent
+# as they are, readable by services that do not use invariantkit.
+def _encode_user(user: str) -> str:
+    if "%" in user or user != user.strip():
+        return quote(user, safe="")
+    return user
+
+
+def _decode_user(value: str) -> str:
+    return unquote(value) if "%" in value else value
 
 
 def _current_context() -> otel_context.Context:
@@ -145,7 +164,7 @@ def _current_context() -> otel_context.Context:
             ctx = trace.set_span_in_context(parent, ctx)
     user = USER.get()
     if user is not None:
-        ctx = otel_baggage.set_baggage(BAGGAGE_USER_KEY, user, ctx)
+        ctx = otel_baggage.set_baggage(BAGGAGE_USER_KEY, _encode_user(user), ctx)
     return ctx
 
 
@@ -180,5 +199,5 @@ def extract(headers: Mapping[str, str]) -> Binding:
     ctx = _TRACECONTEXT.extract(lowered)
     ctx = _BAGGAGE.extract(lowered, context=ctx)
     user = otel_baggage.get_baggage(BAGGAGE_USER_KEY, ctx)
-    user_token = USER.set(str(user)) if isinstance(user, str) and user else None
+    user_token = USER.set(_decode_user(user)) if isinstance(user, str) and user else None
     return Binding(user_token, otel_context.attach(ctx))
