@@ -7,6 +7,7 @@ process start is seen by ``increase()``.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -25,6 +26,8 @@ __all__ = [
     "get_catalog",
 ]
 
+logger = logging.getLogger("invariantkit")
+
 Severity = Literal["critical", "error", "warning"]
 SEVERITIES: tuple[str, ...] = ("critical", "error", "warning")
 #: Sentry level for each severity (the guide sends critical invariants at level "fatal").
@@ -37,18 +40,49 @@ LOWER_SNAKE = re.compile(r"[a-z][a-z0-9_]*\Z")
 LABEL_VALUE = re.compile(r"[a-z][a-z0-9_-]*\Z")
 
 
+#: Longest declared name or type: both travel as Sentry tag values and metric label values.
+NAME_LIMIT = 100
+#: ``type`` values starting with this prefix are reserved for test alerts (``fire_test_alert``).
+TEST_TYPE_PREFIX = "test_"
+
+
+def _suggestion(value: str, pattern: re.Pattern[str]) -> str | None:
+    """A valid spelling of ``value`` for the error message, when one is obvious."""
+    if pattern is UPPER_SNAKE:
+        candidate = re.sub(r"[^A-Z0-9]+", "_", value.upper()).strip("_")
+    elif pattern is LOWER_SNAKE:
+        candidate = re.sub(r"[^a-z0-9]+", "_", value.lower()).strip("_")
+    else:
+        return None
+    if candidate and candidate != value and pattern.match(candidate):
+        return candidate
+    return None
+
+
 def check_name(
     owner: str, field_name: str, value: object, pattern: re.Pattern[str], rule: str
 ) -> str:
-    """Validate a declared name: a clear error naming the field and the rule."""
+    """Validate a declared name: a clear error naming the field and the rule.
+
+    ``TypeError`` when ``value`` is not a str; ``ValueError`` (with a suggested spelling when
+    one is obvious) when it does not match ``pattern`` or is longer than ``NAME_LIMIT``.
+    """
     if not isinstance(value, str):
         raise TypeError(f"{owner}: {field_name} must be a str, not {type(value).__name__}")
     if not pattern.match(value):
-        raise ValueError(f"{owner}: {field_name}={value!r} must be {rule}")
+        hint = _suggestion(value, pattern)
+        suffix = f", for example {hint!r}" if hint else ""
+        raise ValueError(f"{owner}: {field_name}={value!r} must be {rule}{suffix}")
+    if len(value) > NAME_LIMIT:
+        raise ValueError(
+            f"{owner}: {field_name} must be at most {NAME_LIMIT} characters long, "
+            f"not {len(value)} (it is sent as a Sentry tag and a metric label value)"
+        )
     return value
 
 
 def check_text(owner: str, field_name: str, value: object, *, optional: bool = False) -> str:
+    """Validate a free-text field: a str, non-blank unless ``optional`` (then None means "")."""
     if value is None and optional:
         return ""
     if not isinstance(value, str):
@@ -59,16 +93,31 @@ def check_text(owner: str, field_name: str, value: object, *, optional: bool = F
 
 
 def check_severity(owner: str, value: object) -> str:
-    if value not in SEVERITIES:
-        raise ValueError(f"{owner}: severity={value!r} must be one of {', '.join(SEVERITIES)}")
-    return str(value)
+    """Validate a severity: one of ``SEVERITIES`` (Sentry's ``fatal`` is ``critical`` here)."""
+    if not isinstance(value, str) or value not in SEVERITIES:
+        hint = " (Sentry level 'fatal' is severity 'critical')" if value == "fatal" else ""
+        raise ValueError(
+            f"{owner}: severity={value!r} must be one of {', '.join(SEVERITIES)}{hint}"
+        )
+    return value
+
+
+_RUNBOOK = re.compile(
+    r"https?://[^\s/]+\S*\Z"  # an http(s) URL
+    r"|/\S*\Z"  # an absolute path on the docs site
+    r"|(?:\.{1,2}/)*[\w.-]+(?:/[\w.-]+)*\.md(?:#[\w.-]*)?\Z"  # a relative .md file
+)
 
 
 def check_url(owner: str, value: object) -> str | None:
+    """Validate a runbook link: an http(s) URL, an absolute path or a relative ``.md`` path."""
     if value is None:
         return None
-    if not isinstance(value, str) or not re.match(r"(https?://|/|\.{0,2}/?[\w.-]+\.md)", value):
-        raise ValueError(f"{owner}: runbook_url={value!r} must be an http(s) URL or a path")
+    if not isinstance(value, str) or not _RUNBOOK.match(value):
+        raise ValueError(
+            f"{owner}: runbook_url={value!r} must be an http(s) URL, an absolute path or a "
+            "relative path to a .md file"
+        )
     return value
 
 
@@ -80,16 +129,24 @@ class Invariant:
     ``billing_invariant_violation_total{type,invariant}`` at zero in every metrics sink, and gives
     the generators what they need for its alert rule, dashboard panel and playbook.
 
+    Every argument is validated here, at declaration time: a bad one raises ``ValueError`` (or
+    ``TypeError``) naming the field and the rule, so a typo fails at import, not at 3 a.m.
+
     Args:
-        name: UPPER_SNAKE name (``[A-Z][A-Z0-9_]*``), the Sentry message and ``invariant`` tag.
-        type: lower_snake kind (``[a-z][a-z0-9_]*``), the metric's ``type`` label.
+        name: UPPER_SNAKE name (``[A-Z][A-Z0-9_]*``, at most 100 characters), the Sentry message
+            and ``invariant`` tag.
+        type: lower_snake kind (``[a-z][a-z0-9_]*``), the metric's ``type`` label. The prefix
+            ``test_`` is reserved for test alerts.
         severity: ``critical`` (Sentry ``fatal``, alert ``for: 0m``), ``error`` or ``warning``.
-        summary: one line for the alert.
+        summary: one line for the alert (required, not blank).
         description: what it means and where to look.
-        runbook_url: the playbook; defaults to the generated one.
-        team: who is paged (alert label ``team``).
-        domain: the product domain (Sentry tag ``domain``).
-        enforce: raise ``InvariantViolation`` after reporting (``None``: follow the configured mode).
+        runbook_url: the playbook (an http(s) URL, an absolute path or a relative ``.md`` path);
+            defaults to the generated one.
+        team: who is paged (alert label ``team``, ``[a-z][a-z0-9_-]*``).
+        domain: the product domain (Sentry tag ``domain``, ``[a-z][a-z0-9_-]*``).
+        enforce: ``True`` raises :class:`~invariantkit.InvariantViolation` after reporting even in
+            report mode; ``False`` never raises, even when ``configure(mode="enforce")``;
+            ``None`` (default) follows the configured mode.
 
     Example:
         >>> import invariantkit as ik
@@ -137,6 +194,12 @@ class Invariant:
             "type",
             check_name(owner, "type", type, LOWER_SNAKE, "lower_snake: [a-z][a-z0-9_]*"),
         )
+        if type.startswith(TEST_TYPE_PREFIX):
+            raise ValueError(
+                f"{owner}: type={type!r} must not start with {TEST_TYPE_PREFIX!r}: that prefix "
+                "is reserved for test alerts (ik.fire_test_alert() reports type "
+                f"'{TEST_TYPE_PREFIX}<type>' with label test=\"true\")"
+            )
         set_(self, "severity", check_severity(owner, severity))
         set_(self, "summary", check_text(owner, "summary", summary))
         set_(self, "description", check_text(owner, "description", description, optional=True))
@@ -152,7 +215,10 @@ class Invariant:
             check_name(owner, "domain", domain, LABEL_VALUE, "a label value: [a-z][a-z0-9_-]*"),
         )
         if enforce is not None and not isinstance(enforce, bool):
-            raise TypeError(f"{owner}: enforce must be True, False or None")
+            raise TypeError(
+                f"{owner}: enforce must be True (always raise), False (never raise) or None "
+                f"(follow the configured mode), not {enforce!r}"
+            )
         set_(self, "enforce", enforce)
         set_(self, "kind", "invariant")
         get_catalog().add(self)
@@ -247,7 +313,19 @@ Declaration: TypeAlias = "Invariant | OperationDecl | CronDecl | Constraint | Id
 class Catalog:
     """Everything declared in this process, by kind and name. Thread-safe.
 
-    A later declaration with the same kind and name replaces the earlier one (module reloads).
+    ``invariants``, ``operations``, ``crons``, ``constraints`` and ``idempotent`` map names to
+    declarations; iterating yields them all. A later declaration with the same kind and name
+    replaces the earlier one (module reloads; a different type, severity or team is logged as a
+    warning). Get the process-wide one with :func:`~invariantkit.get_catalog`.
+
+    Example:
+        >>> import invariantkit as ik
+        >>> from invariantkit import billing
+        >>> catalog = ik.get_catalog()
+        >>> catalog.invariants["NO_DOUBLE_CHARGE"] is billing.NO_DOUBLE_CHARGE
+        True
+        >>> sorted(d.name for d in catalog if d.kind == "invariant")[:2]
+        ['CANCELED_NEVER_CHARGED', 'NO_DOUBLE_CHARGE']
     """
 
     def __init__(self) -> None:
@@ -276,6 +354,8 @@ class Catalog:
             existing = table.get(decl.name)
             if existing is not None and existing == decl and decl.kind != "invariant":
                 return existing  # type: ignore[no-any-return]
+            if isinstance(existing, Invariant) and isinstance(decl, Invariant):
+                _warn_if_redefined(existing, decl)
             table[decl.name] = decl
             listeners = list(self._listeners)
         for listener in listeners:
@@ -337,6 +417,21 @@ class Catalog:
             ):
                 table.clear()
                 table.update(saved)
+
+
+_INVARIANT_FIELDS = ("type", "severity", "team", "domain", "enforce")
+
+
+def _warn_if_redefined(old: Invariant, new: Invariant) -> None:
+    """Two modules declaring one name differently is a mistake; a reload declares it again."""
+    changed = [f for f in _INVARIANT_FIELDS if getattr(old, f) != getattr(new, f)]
+    if changed:
+        logger.warning(
+            "invariantkit: invariant %s declared again with a different %s; the new declaration "
+            "replaces the old one (metric series of the old type stay at their last value)",
+            new.name,
+            ", ".join(changed),
+        )
 
 
 _CATALOG = Catalog()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -10,13 +12,13 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 
-from invariantkit._catalog import Invariant, get_catalog
+from invariantkit._catalog import Declaration, Invariant, get_catalog
 from invariantkit._config import STATE, current_config, dispatcher
 from invariantkit._context import CORRELATION, USER, current_ids, new_span_id, new_trace_id
 from invariantkit._record import Record
 from invariantkit._safe import safe_mapping, safe_str, safe_tags
 
-__all__ = ["InvariantViolation", "assert_invariant", "report_violation"]
+__all__ = ["InvariantViolation", "assert_invariant", "fire_test_alert", "report_violation"]
 
 logger = logging.getLogger("invariantkit")
 
@@ -133,20 +135,27 @@ def report_violation(
     *,
     tags: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
-) -> None:
-    """Report a violation of ``invariant`` found by a check computed elsewhere.
+) -> str:
+    """Report a violation of ``invariant`` found by a check computed elsewhere; return its
+    trace id (32 hex characters: search it in Sentry, traces and logs).
 
     Sends a Sentry message (the invariant's name, at its level, tag ``invariant`` plus ``tags``,
     ``extra`` as the event's extra), increments ``billing_invariant_violation_total{type,invariant}``
     (trace id as exemplar), adds span event ``invariant.violated`` and sets the span's status to
     ERROR, writes a CRITICAL JSON log line, and sends PostHog ``invariant_violated`` with the tags
     as properties; all with one trace id and the bound user. Ids in ``tags`` never become metric
-    labels. In enforce mode it then raises :class:`InvariantViolation`.
+    labels. Tag and extra values of any type are reported as safe, scrubbed, truncated strings;
+    reporting itself never raises. In enforce mode (``configure(mode="enforce")`` or the
+    invariant's ``enforce=True``) it then raises :class:`InvariantViolation`.
 
     Example:
         >>> import invariantkit as ik
         >>> from invariantkit import billing
-        >>> ik.report_violation(billing.PERIOD_MUST_ADVANCE, tags={"subscription_id": "sub_1"})
+        >>> trace_id = ik.report_violation(
+        ...     billing.PERIOD_MUST_ADVANCE, tags={"subscription_id": "sub_1"}
+        ... )
+        >>> len(trace_id)
+        32
     """
     inv = _resolve(invariant)
     if inv is None:
@@ -163,7 +172,12 @@ def report_violation(
         trace_id = ""
     enforce = inv.enforce if inv.enforce is not None else current_config().mode == "enforce"
     if enforce:
-        raise InvariantViolation(inv, safe_tags(tags, current_config().scrubber), trace_id)
+        try:
+            safe = safe_tags(tags, current_config().scrubber)
+        except Exception:
+            safe = {}
+        raise InvariantViolation(inv, safe, trace_id)
+    return trace_id
 
 
 def assert_invariant(
@@ -209,3 +223,175 @@ def _undeclared() -> Invariant:
             )
         )
     return _UNDECLARED[0]
+
+
+# -- alert test mode ------------------------------------------------------------------------------
+
+#: Why a test alert exists, in its ``extra``: whoever sees it in Sentry knows nothing is wrong.
+TEST_ALERT_NOTE = (
+    "Synthetic violation sent by invariantkit.fire_test_alert() to prove that this alert is "
+    "routed to its owner. Nothing is wrong; no action is needed."
+)
+#: Seconds between ``configure(test_mode=True)`` and its test alerts (``ALERT_TEST_DELAY_SECONDS``).
+DEFAULT_TEST_ALERT_DELAY = 90.0
+_BUILTIN_TEST: list[Invariant] = []
+
+
+def _builtin_test_invariant() -> Invariant:
+    if not _BUILTIN_TEST:
+        _BUILTIN_TEST.append(
+            Invariant(
+                "TEST_INVARIANT_VIOLATION",
+                type="invariant_violation",
+                severity="warning",
+                summary="Test alert: proves that invariant alerts reach their owner",
+                description="Sent by ik.fire_test_alert() when no invariant is declared.",
+            )
+        )
+    return _BUILTIN_TEST[0]
+
+
+def _test_targets(invariant: Invariant | str | None) -> list[Invariant]:
+    if invariant is None:
+        declared = list(get_catalog().invariants.values())
+        return declared or [_builtin_test_invariant()]
+    if isinstance(invariant, Invariant):
+        return [invariant]
+    if isinstance(invariant, str):
+        found = get_catalog().invariants.get(invariant)
+        if found is None:
+            known = ", ".join(sorted(get_catalog().invariants)) or "none"
+            raise ValueError(
+                f"invariantkit.fire_test_alert(): no invariant named {invariant!r} is declared "
+                f"(declared: {known}); import the module that declares it first"
+            )
+        return [found]
+    raise TypeError(
+        "invariantkit.fire_test_alert(invariant=...) must be an ik.Invariant, the name of a "
+        f"declared one, or None for all of them; got {type(invariant).__name__}"
+    )
+
+
+def fire_test_alert(invariant: Invariant | str | None = None) -> dict[str, str]:
+    """Send a synthetic, clearly labelled violation through every sink, to prove that alerts
+    reach their owner without paging anyone.
+
+    For each invariant (``invariant``, or every declared one when None; with none declared, a
+    built-in ``TEST_INVARIANT_VIOLATION``) it reports one violation with ``test=True``: the
+    counter child ``billing_invariant_violation_total{type="test_<type>",invariant,test="true"}``
+    (+1), a Sentry message at level ``warning`` with tag ``test=true``, a span event with
+    ``invariant.test``, a WARNING log line with ``test: true`` and a personless PostHog
+    ``invariant_violated`` with property ``test``. Each runs in its own fresh trace, detached from
+    the current span and user, and never raises :class:`InvariantViolation`, whatever the mode.
+
+    Returns:
+        ``{invariant name: trace id}`` of what was sent.
+
+    Example:
+        >>> import invariantkit as ik
+        >>> from invariantkit import billing
+        >>> sent = ik.fire_test_alert(billing.NO_DOUBLE_CHARGE)
+        >>> list(sent)
+        ['NO_DOUBLE_CHARGE']
+    """
+    targets = _test_targets(invariant)
+    sent: dict[str, str] = {}
+    for inv in targets:
+        # A fresh context: a test alert must not mark the caller's span as failed, nor be
+        # attributed to the bound user in PostHog.
+        otel_token = otel_context.attach(otel_context.Context())
+        corr_token = CORRELATION.set(None)
+        user_token = USER.set(None)
+        try:
+            sent[inv.name] = emit_violation(
+                inv, None, {"invariantkit.test_alert": TEST_ALERT_NOTE}, test=True
+            )
+        except Exception:
+            logger.exception("invariantkit: could not send the test alert of %s", inv.name)
+        finally:
+            USER.reset(user_token)
+            CORRELATION.reset(corr_token)
+            otel_context.detach(otel_token)
+    return sent
+
+
+def _announce_test(decl: Declaration) -> None:
+    """Create the ``test="true"`` counter child of an invariant at zero in the current sinks."""
+    d = STATE.dispatcher
+    if d is None or decl.kind != "invariant":
+        return
+    d.emit(
+        Record(
+            "declare", decl.name, "declared", "", "", None, time.time(), declaration=decl, test=True
+        )
+    )
+
+
+def announce_test_children() -> None:
+    """Alert test mode: the ``test="true"`` child of every declared invariant starts at zero, so
+    ``increase()`` sees the first test alert (a series born at 1 is never seen to increase)."""
+    for inv in list(get_catalog().invariants.values()):
+        _announce_test(inv)
+
+
+def _on_declare(decl: Declaration) -> None:
+    config = STATE.config
+    if config is not None and config.test_mode:
+        try:
+            _announce_test(decl)
+        except Exception:
+            logger.exception("invariantkit: could not create the test series of %s", decl.name)
+
+
+get_catalog().subscribe(_on_declare)
+
+
+def alert_test_delay() -> float:
+    """Seconds ``start_test_mode`` waits before its test alerts: ``ALERT_TEST_DELAY_SECONDS``,
+    else ``DEFAULT_TEST_ALERT_DELAY`` (longer than two scrape intervals of a typical Prometheus)."""
+    raw = os.environ.get("ALERT_TEST_DELAY_SECONDS", "").strip()
+    if not raw:
+        return DEFAULT_TEST_ALERT_DELAY
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:  # also rejects NaN
+        raise ValueError(
+            f"invariantkit: ALERT_TEST_DELAY_SECONDS={raw!r} must be a number of seconds >= 0"
+        )
+    return value
+
+
+def start_test_mode(delay: float | None = None) -> threading.Timer | None:
+    """What ``configure(test_mode=True)`` (or ``ALERT_TEST_MODE=true``) does once configured.
+
+    Creates the ``test="true"`` counter child of every declared invariant at zero (and of each
+    one declared later, while test mode is on), then fires :func:`fire_test_alert` for every
+    declared invariant after ``delay`` seconds (default :func:`alert_test_delay`) on a daemon
+    timer, so that Prometheus has scraped the zero first. With ``delay`` 0 it fires at once. The
+    timer does nothing if invariantkit was configured again or shut down in the meantime.
+
+    Returns the timer (None when it fired at once).
+    """
+    wait = alert_test_delay() if delay is None else float(delay)
+    announce_test_children()
+    generation = STATE.generation
+    if wait <= 0:
+        _fire_if_current(generation)
+        return None
+    timer = threading.Timer(wait, _fire_if_current, (generation,))
+    timer.name = "invariantkit-test-alert"
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+def _fire_if_current(generation: int) -> None:
+    config = STATE.config
+    if STATE.generation != generation or config is None or not config.test_mode:
+        return
+    try:
+        fire_test_alert()
+    except Exception:
+        logger.exception("invariantkit: the test alert of alert test mode failed")
