@@ -8,10 +8,11 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from invariantkit._record import Record
+from invariantkit._safe import install_log_filter, safe_str, scrub_for_log
 
 if TYPE_CHECKING:
     from invariantkit.sinks._base import Sink
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
 __all__ = ["Dispatcher", "Worker"]
 
 logger = logging.getLogger("invariantkit")
+# No DSN, API key or token ever reaches a log line of ours (a sink's error message may quote one).
+install_log_filter(logger)
 
 DEFAULT_QUEUE_SIZE = 10_000
 
@@ -100,14 +103,24 @@ class Worker:
         return marker.event.wait(max(timeout, 0.0))
 
     def stop(self, timeout: float) -> bool:
-        """Drain what is queued (within ``timeout``), then end the thread."""
+        """Drain what is queued (within ``timeout``), then end the thread.
+
+        Never waits longer than ``timeout``: a handler stuck on a backend keeps its (daemon)
+        thread, which ends by itself once the handler returns.
+        """
+        deadline = time.monotonic() + max(timeout, 0.0)
         drained = self.flush(timeout)
         self._stopped = True
         thread = self._thread
         if thread is not None and thread.is_alive():
             self._queue.put(_STOP)
-            thread.join(max(timeout, 0.0) if drained else 0.05)
+            if drained:
+                thread.join(_left(deadline))
         return drained
+
+    def pending(self) -> int:
+        """How many items wait in the queue (approximate)."""
+        return self._queue.qsize()
 
     def _after_fork_in_child(self) -> None:
         # The parent's thread does not exist here; its queue may hold half-handled state.
@@ -148,6 +161,9 @@ class Dispatcher:
             (s for s in self.sinks if isinstance(s, OtelTraces)), None
         )
         self.log_sinks: tuple[Any, ...] = tuple(s for s in self.sinks if s.name == "json_logs")
+        self._guard = threading.Lock()
+        # Per sink: the flush or shutdown call still running in its helper thread (pid, done).
+        self._inflight: dict[int, tuple[int, threading.Event]] = {}
 
     # -- hot path -------------------------------------------------------------------------------
 
@@ -174,12 +190,18 @@ class Dispatcher:
     # -- failures -------------------------------------------------------------------------------
 
     def sink_failed(self, sink: Sink, exc: BaseException) -> None:
-        """Count and (once per sink) log a sink's failure. Never raises."""
-        name = getattr(sink, "name", type(sink).__name__)
+        """Count and (once per sink) log a sink's failure. Never raises.
+
+        The log line names the sink and the exception; DSNs, API keys and tokens that the
+        exception's message may quote are redacted.
+        """
         try:
+            name = safe_str(getattr(sink, "name", None) or type(sink).__name__, 100)
             self._count("sink_error", name, 1, exclude=sink)
-            if name not in self._logged:
+            with self._guard:
+                first = name not in self._logged
                 self._logged.add(name)
+            if first:
                 logger.warning(
                     "invariantkit: sink %r failed (%s: %s); further failures are only counted in "
                     "invariantkit_sink_errors_total",
@@ -223,35 +245,84 @@ class Dispatcher:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def flush(self, timeout: float) -> bool:
+        """Drain the worker, then flush every sink, all within ``timeout`` seconds.
+
+        Sinks are flushed side by side, each in a helper thread, so one backend that hangs
+        (an OTLP exporter whose ``force_flush`` ignores its timeout, a PostHog host that never
+        answers) neither delays the others nor this call past its bound.
+        """
         deadline = time.monotonic() + max(timeout, 0.0)
         ok = True
         if self.worker is not None:
             ok = self.worker.flush(_left(deadline)) and ok
-        for sink in self.sinks:
-            try:
-                ok = bool(sink.flush(_left(deadline))) and ok
-            except Exception as exc:
-                self.sink_failed(sink, exc)
-                ok = False
-        return ok
+        calls = [(sink, sink.flush) for sink in self.sinks]
+        return self._bounded(calls, deadline) and ok
 
     def shutdown(self, timeout: float, keep: Iterable[Sink] = ()) -> bool:
         """Drain the worker, then shut every sink down; sinks in ``keep`` (reused by a new
-        configuration) are only flushed."""
+        configuration) are only flushed. Returns within ``timeout`` seconds whatever the
+        backends do."""
         deadline = time.monotonic() + max(timeout, 0.0)
         kept = {id(s) for s in keep}
         ok = True
         if self.worker is not None:
             ok = self.worker.stop(_left(deadline)) and ok
-        for sink in self.sinks:
-            try:
-                end = sink.flush if id(sink) in kept else sink.shutdown
-                ok = bool(end(_left(deadline))) and ok
-            except Exception as exc:
-                self.sink_failed(sink, exc)
-                ok = False
+        calls = [(sink, sink.flush if id(sink) in kept else sink.shutdown) for sink in self.sinks]
+        ok = self._bounded(calls, deadline) and ok
         self._closed = True
         return ok
+
+    def _bounded(
+        self, calls: Sequence[tuple[Sink, Callable[[float], bool]]], deadline: float
+    ) -> bool:
+        """Run each ``fn(timeout)`` in its own daemon thread; wait for all until ``deadline``."""
+        pid = os.getpid()
+        results: dict[int, bool] = {}
+        waits: list[tuple[int, threading.Event]] = []
+        for sink, fn in calls:
+            key = id(sink)
+            with self._guard:
+                previous = self._inflight.get(key)
+            stuck = previous is not None and previous[0] == pid and not previous[1].is_set()
+            # The last call on this sink is still running: wait for it, never pile up threads.
+            if stuck and previous is not None and not previous[1].wait(_left(deadline)):
+                results[key] = False
+                continue
+            done = threading.Event()
+            with self._guard:
+                self._inflight[key] = (pid, done)
+            thread = threading.Thread(
+                target=self._call,
+                args=(sink, fn, _left(deadline), done, results),
+                name=f"invariantkit-flush-{safe_str(getattr(sink, 'name', 'sink'), 40)}",
+                daemon=True,
+            )
+            try:
+                thread.start()
+            except RuntimeError:  # interpreter shutting down: no new threads; call inline
+                self._call(sink, fn, _left(deadline), done, results)
+            waits.append((key, done))
+        ok = True
+        for key, done in waits:
+            if not done.wait(_left(deadline)) or not results.get(key, False):
+                ok = False
+        return ok and all(results.values())
+
+    def _call(
+        self,
+        sink: Sink,
+        fn: Callable[[float], bool],
+        timeout: float,
+        done: threading.Event,
+        results: dict[int, bool],
+    ) -> None:
+        try:
+            results[id(sink)] = bool(fn(timeout))
+        except Exception as exc:
+            results[id(sink)] = False
+            self.sink_failed(sink, exc)
+        finally:
+            done.set()
 
 
 def _left(deadline: float) -> float:
@@ -259,6 +330,4 @@ def _left(deadline: float) -> float:
 
 
 def _short(exc: BaseException) -> str:
-    from invariantkit._safe import safe_str
-
-    return safe_str(exc, 200)
+    return scrub_for_log(safe_str(exc, 300))[:200]

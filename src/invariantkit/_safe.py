@@ -5,38 +5,87 @@ Nothing here may raise: it runs at violation time, where the library reports wha
 
 from __future__ import annotations
 
+import base64
+import binascii
+import logging
 import math
 import re
+import traceback
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Scrubber", "safe_json", "safe_str", "safe_tags"]
+__all__ = [
+    "NO_SCRUB",
+    "CredentialFilter",
+    "Scrubber",
+    "safe_json",
+    "safe_mapping",
+    "safe_str",
+    "safe_tags",
+]
 
 TAG_VALUE_LIMIT = 200  # Sentry truncates tag values at 200 characters
+TAG_KEY_LIMIT = 32  # ... and keys at 32
+KEY_LIMIT = 128
 STRING_LIMIT = 8192
 DEPTH_LIMIT = 6
 ITEMS_LIMIT = 100
 REDACTED = "[redacted]"
+# Text is scrubbed on a window a little longer than what is kept, so that a secret cut in two
+# by the length limit is still recognised whole (an e-mail is at most 254 characters).
+_SCRUB_MARGIN = 512
 
-_CARD = re.compile(r"(?<![\d])(?:\d[ -]?){12,18}\d(?![\d])")
-_EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
-_BEARER = re.compile(r"(?i)\b(bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{8,}")
-_DSN = re.compile(r"(?i)\b[a-z][a-z0-9+.-]*://[^/\s:@]+(?::[^/\s@]*)?@[^\s]+")
-_API_KEY = re.compile(r"\b(?:phc_|phx_|sk_live_|sk_test_|rk_live_|ghp_|xox[bp]-)[A-Za-z0-9_-]{8,}")
+# A run of digits with single spaces or dashes between them; card numbers are searched inside.
+_DIGIT_RUN = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9])*")
+_GROUP_SEP = re.compile(r"[ -]")
+# RFC 5322 "atext" without the quote, slash, equals and question mark that often delimit a
+# value in prose and URLs; a local part containing them is cut there and the rest redacted.
+_EMAIL = re.compile(
+    r"[A-Za-z0-9!#$%&*+^_`{|}~.-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+"
+)
+_BEARER = re.compile(r"(?i)\b(bearer)(\s+)[A-Za-z0-9._~+/-]{8,}=*")
+_BASIC = re.compile(r"(?i)\b(basic)(\s+)([A-Za-z0-9+/]{4,}={0,2})")
+_TOKEN_SCHEME = re.compile(r"(?i)\b(token)(\s+)([A-Za-z0-9._~+/-]{16,}=*)")
+# A URL with credentials in its userinfo: Sentry DSNs, database URLs, basic-auth URLs.
+_DSN = re.compile(r"(?i)\b[a-z][a-z0-9+.-]*://[^\s/@]+@[^\s\"'<>]+")
+# Well-known API key and token shapes (PostHog, Stripe, GitHub, GitLab, Slack, Sentry, AWS,
+# Google, OpenAI-style "sk-").
+_API_KEY = re.compile(
+    r"(?<![A-Za-z0-9])(?:"
+    r"(?:phc|phx|sk_live|sk_test|rk_live|rk_test|whsec|ghp|gho|ghu|ghs|ghr|github_pat|"
+    r"sntrys|sntryu|sntryi)_[A-Za-z0-9_]{8,}"
+    r"|(?:glpat|xox[abpsr]|sk)-[A-Za-z0-9_-]{16,}"
+    r"|AKIA[0-9A-Z]{16}"
+    r"|AIza[0-9A-Za-z_-]{35}"
+    r")"
+)
+# key=value or key: value inside free text ("password=hunter2", '"token": "abc"', "?api_key=x").
+_KEY_VALUE = re.compile(
+    r"(?<![A-Za-z0-9_.-])([A-Za-z][A-Za-z0-9_.-]{0,63})"
+    r"([\"']?\s*[:=]\s*)"
+    r"(\"[^\"]*\"|'[^']*'|[^\s\"',;&)}\]]+)"
+)
+_AUTH_SCHEMES = frozenset({"bearer", "basic", "token", "digest"})
+_CAMEL = re.compile(r"([a-z0-9])([A-Z])")
+_KEY_PARTS = re.compile(r"[^a-z0-9]+")
 
 DEFAULT_DENY_KEYS: frozenset[str] = frozenset(
     {
         "password",
         "passwd",
+        "pwd",
         "secret",
         "token",
         "api_key",
         "apikey",
         "authorization",
         "auth",
+        "credentials",
         "dsn",
         "card_number",
+        "cardnumber",
         "cvv",
         "cvc",
         "pan",
@@ -45,6 +94,8 @@ DEFAULT_DENY_KEYS: frozenset[str] = frozenset(
         "refresh_token",
         "cookie",
         "set_cookie",
+        "session_id",
+        "sessionid",
     }
 )
 
@@ -61,19 +112,89 @@ def _luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
+def is_card_number(digits: str) -> bool:
+    """True when ``digits`` (digits only) is card-number shaped: 13 to 19 digits passing Luhn."""
+    return 13 <= len(digits) <= 19 and digits.isascii() and digits.isdigit() and _luhn_ok(digits)
+
+
+def _normal_key(key: str) -> str:
+    return _KEY_PARTS.sub("", key.lower())
+
+
+def _redact_cards(match: re.Match[str]) -> str:
+    run = match.group(0)
+    digits = _GROUP_SEP.sub("", run)
+    if len(digits) < 13:
+        return run
+    if len(digits) <= 19 and _luhn_ok(digits):
+        return REDACTED
+    # A longer run ("4242 4242 4242 4242 12"): redact every group-aligned window of 13 to 19
+    # digits that passes Luhn. Windows never split a group, so a long opaque number is kept.
+    groups = _GROUP_SEP.split(run)
+    seps = _GROUP_SEP.findall(run)
+    covered = [False] * len(groups)
+    for i in range(len(groups)):
+        count = 0
+        for j in range(i, len(groups)):
+            count += len(groups[j])
+            if count > 19:
+                break
+            if count >= 13 and _luhn_ok("".join(groups[i : j + 1])):
+                for k in range(i, j + 1):
+                    covered[k] = True
+    if not any(covered):
+        return run
+    out: list[str] = []
+    for i, group in enumerate(groups):
+        if covered[i]:
+            if not (i > 0 and covered[i - 1]):
+                out.append(REDACTED)
+        else:
+            out.append(group)
+        if i < len(seps) and not (covered[i] and covered[i + 1]):
+            out.append(seps[i])
+    return "".join(out)
+
+
+def _redact_basic(match: re.Match[str]) -> str:
+    try:
+        decoded = base64.b64decode(match.group(3), validate=True)
+    except (binascii.Error, ValueError):
+        return match.group(0)
+    if b":" in decoded:
+        return f"{match.group(1)}{match.group(2)}{REDACTED}"
+    return match.group(0)
+
+
+def _redact_token_scheme(match: re.Match[str]) -> str:
+    if any(c.isdigit() for c in match.group(3)):
+        return f"{match.group(1)}{match.group(2)}{REDACTED}"
+    return match.group(0)
+
+
 @dataclass(frozen=True)
 class Scrubber:
-    """What to redact from tags, extra, properties, span attributes and log fields.
+    """What to redact from tags, extra, properties, span attributes and log fields before they
+    leave the process.
 
-    Card-number-shaped values (13 to 19 digits passing Luhn), e-mail addresses, bearer tokens,
-    DSNs and well-known API keys are redacted from values; any value under a key in
-    ``deny_keys`` (matched case-insensitively, also as a part of a key such as ``db_password``)
-    is redacted whole, unless the key is in ``allow_keys``.
+    Values are searched for card numbers (13 to 19 digits passing the Luhn check, with or without
+    spaces or dashes, also as integers), e-mail addresses, bearer/basic/token credentials,
+    URLs with credentials in them (Sentry DSNs, database URLs) and well-known API key shapes
+    (PostHog ``phc_``, Stripe ``sk_live_``, GitHub ``ghp_``, AWS ``AKIA``...); each match is
+    replaced by ``[redacted]``. A value under a key in ``deny_keys`` is redacted whole: keys match
+    case-insensitively, as a word of the key (``db_password``, ``userPassword``), and ``key=value``
+    pairs inside text are found too. Keys in ``allow_keys`` are "safe fields": their values are
+    sent as they are. ``patterns`` adds your own regular expressions.
+
+    Pass one to ``ik.configure(scrub=...)``; ``scrub=False`` turns scrubbing off.
 
     Example:
         >>> import invariantkit as ik
-        >>> ik.Scrubber(emails=False).scrub_text("card 4242 4242 4242 4242")
-        'card [redacted]'
+        >>> ik.Scrubber().scrub_text("card 4242 4242 4242 4242, mail bob@example.com")
+        'card [redacted], mail [redacted]'
+        >>> scrubber = ik.Scrubber(deny_keys={"iban"}, allow_keys={"auth_method"})
+        >>> scrubber.key_is_denied("customer_iban"), scrubber.key_is_denied("auth_method")
+        (True, False)
     """
 
     cards: bool = True
@@ -83,63 +204,170 @@ class Scrubber:
     deny_keys: frozenset[str] = DEFAULT_DENY_KEYS
     allow_keys: frozenset[str] = frozenset()
     patterns: tuple[re.Pattern[str], ...] = field(default=())
+    _key_cache: dict[str, bool] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
+    _deny_normal: frozenset[str] = field(
+        default=frozenset(), init=False, repr=False, compare=False, hash=False
+    )
+    _deny_long: tuple[str, ...] = field(
+        default=(), init=False, repr=False, compare=False, hash=False
+    )
+    _allow_normal: frozenset[str] = field(
+        default=frozenset(), init=False, repr=False, compare=False, hash=False
+    )
 
     def __post_init__(self) -> None:
+        for name in ("cards", "emails", "bearer_tokens", "credentials"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"Scrubber({name}=...) must be True or False")
         for name in ("deny_keys", "allow_keys"):
             value = getattr(self, name)
-            if isinstance(value, str) or not isinstance(value, Iterable):
-                raise TypeError(f"Scrubber({name}=...) must be a set of key names, not {value!r}")
-            object.__setattr__(self, name, frozenset(str(k).lower() for k in value))
-        object.__setattr__(
-            self,
-            "patterns",
-            tuple(re.compile(p) if isinstance(p, str) else p for p in self._raw_patterns()),
-        )
+            if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+                raise TypeError(
+                    f"Scrubber({name}=...) must be a set of key names (str), not {value!r}"
+                )
+            keys = list(value)
+            for key in keys:
+                if not isinstance(key, str) or not key.strip():
+                    raise TypeError(
+                        f"Scrubber({name}=...) must contain non-empty key names (str), "
+                        f"not {key!r}"
+                    )
+            object.__setattr__(self, name, frozenset(k.lower() for k in keys))
+        raw: object = self.patterns
+        if isinstance(raw, (str, re.Pattern)) or not isinstance(raw, Iterable):
+            raise TypeError(
+                "Scrubber(patterns=...) must be a list of regular expressions (str or "
+                f"re.Pattern), not {raw!r}"
+            )
+        compiled: list[re.Pattern[str]] = []
+        for pattern in raw:
+            if isinstance(pattern, re.Pattern):
+                if not isinstance(pattern.pattern, str):
+                    raise TypeError("Scrubber(patterns=...): byte patterns cannot scrub text")
+                compiled.append(pattern)
+            elif isinstance(pattern, str):
+                try:
+                    compiled.append(re.compile(pattern))
+                except re.error as exc:
+                    raise ValueError(
+                        f"Scrubber(patterns=...): {pattern!r} is not a valid regular "
+                        f"expression ({exc})"
+                    ) from None
+            else:
+                raise TypeError(
+                    f"Scrubber(patterns=...) must contain str or re.Pattern, not {pattern!r}"
+                )
+        object.__setattr__(self, "patterns", tuple(compiled))
+        normal = frozenset(_normal_key(k) for k in self.deny_keys) - {""}
+        object.__setattr__(self, "_deny_normal", normal)
+        object.__setattr__(self, "_deny_long", tuple(k for k in normal if len(k) >= 6))
+        object.__setattr__(self, "_allow_normal", frozenset(_normal_key(k) for k in self.allow_keys))
 
-    def _raw_patterns(self) -> tuple[object, ...]:
-        return tuple(self.patterns)
+    # -- keys -----------------------------------------------------------------------------------
+
+    def key_is_allowed(self, key: str) -> bool:
+        """True when ``key`` is a safe field (in ``allow_keys``): its value is not scrubbed."""
+        return bool(self.allow_keys) and (
+            key.lower() in self.allow_keys or _normal_key(key) in self._allow_normal
+        )
 
     def key_is_denied(self, key: str) -> bool:
         """True when values under ``key`` are redacted whole."""
-        lowered = key.lower()
-        if lowered in self.allow_keys:
+        cached = self._key_cache.get(key)
+        if cached is not None:
+            return cached
+        result = self._key_is_denied(key)
+        if len(self._key_cache) > 4096:
+            self._key_cache.clear()
+        self._key_cache[key] = result
+        return result
+
+    def _key_is_denied(self, key: str) -> bool:
+        deny = self._deny_normal
+        if not deny or self.key_is_allowed(key):
             return False
-        if lowered in self.deny_keys:
-            return True
-        return any(part in self.deny_keys for part in re.split(r"[^a-z0-9]+", lowered) if part)
+        parts = [p for p in _KEY_PARTS.split(_CAMEL.sub(r"\1_\2", key).lower()) if p]
+        # A word of the key, or two or three adjacent words ("api_key" in "stripe_api_key_2").
+        for size in (1, 2, 3):
+            for i in range(len(parts) - size + 1):
+                if "".join(parts[i : i + size]) in deny:
+                    return True
+        joined = "".join(parts)
+        return any(k in joined for k in self._deny_long)
+
+    # -- values ---------------------------------------------------------------------------------
 
     def scrub_text(self, text: str) -> str:
         """Redact every sensitive substring of ``text``."""
-        if self.cards and any(c.isdigit() for c in text):
-            text = _CARD.sub(self._card, text)
+        if self.cards and _has_digit(text):
+            text = _DIGIT_RUN.sub(_redact_cards, text)
+        if self.credentials:
+            if "://" in text and "@" in text:
+                text = _DSN.sub(REDACTED, text)
+            if "_" in text or "-" in text or "AKIA" in text or "AIza" in text:
+                text = _API_KEY.sub(REDACTED, text)
         if self.emails and "@" in text:
             text = _EMAIL.sub(REDACTED, text)
-        if self.credentials:
-            if "@" in text and "://" in text:
-                text = _DSN.sub(REDACTED, text)
-            text = _API_KEY.sub(REDACTED, text)
         if self.bearer_tokens:
-            text = _BEARER.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+            lowered = text.lower()
+            if "bearer" in lowered:
+                text = _BEARER.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+            if "basic" in lowered:
+                text = _BASIC.sub(_redact_basic, text)
+            if "token" in lowered:
+                text = _TOKEN_SCHEME.sub(_redact_token_scheme, text)
+        if self.deny_keys and ("=" in text or ":" in text):
+            text = _KEY_VALUE.sub(self._redact_pair, text)
         for pattern in self.patterns:
             text = pattern.sub(REDACTED, text)
         return text
 
-    @staticmethod
-    def _card(match: re.Match[str]) -> str:
-        digits = re.sub(r"[ -]", "", match.group(0))
-        if 13 <= len(digits) <= 19 and _luhn_ok(digits):
+    def _redact_pair(self, match: re.Match[str]) -> str:
+        value = match.group(3)
+        if (
+            value == REDACTED
+            or value.lower() in _AUTH_SCHEMES
+            or not self.key_is_denied(match.group(1))
+        ):
+            return match.group(0)
+        quote = value[0] if value[:1] in ("'", '"') else ""
+        return f"{match.group(1)}{match.group(2)}{quote}{REDACTED}{quote}"
+
+    def scrub_number(self, value: int) -> int | str:
+        """``value``, or ``[redacted]`` when it is a card number written as an integer."""
+        if self.cards and (10**12 <= value < 10**19 or -(10**19) < value <= -(10**12)):
+            return REDACTED if _luhn_ok(str(abs(value))) else value
+        return value
+
+    def scrub_value(self, key: str, value: str) -> str:
+        """Scrub ``value`` found under ``key``: whole when the key is denied, by pattern else."""
+        if self.key_is_allowed(key):
+            return value
+        if self.key_is_denied(key):
             return REDACTED
-        return match.group(0)
+        return self.scrub_text(value)
+
+
+_ANY_DIGIT = re.compile(r"[0-9]")
+
+
+def _has_digit(text: str) -> bool:
+    return _ANY_DIGIT.search(text) is not None
 
 
 #: Scrubbing that does nothing (``configure(scrub=False)``).
 NO_SCRUB = Scrubber(
     cards=False, emails=False, bearer_tokens=False, credentials=False, deny_keys=frozenset()
 )
+#: What is removed from invariantkit's own log lines, whatever the configuration: credentials.
+_LOG_SCRUBBER = Scrubber(cards=False, emails=False)
 
 
 def safe_str(value: object, limit: int = STRING_LIMIT) -> str:
     """``str(value)`` that never raises and is at most ``limit`` characters long."""
+    text: str
     try:
         if isinstance(value, str):
             text = value
@@ -157,6 +385,22 @@ def safe_str(value: object, limit: int = STRING_LIMIT) -> str:
     return text
 
 
+def scrubbed_str(value: object, scrubber: Scrubber, limit: int = STRING_LIMIT) -> str:
+    """``safe_str`` then scrub, on a window longer than ``limit`` so nothing is cut mid-secret."""
+    text = safe_str(value, limit + _SCRUB_MARGIN)
+    try:
+        text = scrubber.scrub_text(text)
+    except BaseException:
+        return "<unreportable>"
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text
+
+
+def _key_text(key: object, scrubber: Scrubber, limit: int = KEY_LIMIT) -> str:
+    return scrubbed_str(key, scrubber, limit)
+
+
 def safe_tags(tags: Mapping[Any, Any] | None, scrubber: Scrubber) -> dict[str, str]:
     """Tags as ``{str: str}``, each value stringified, scrubbed and cut to 200 characters."""
     if not tags:
@@ -167,19 +411,29 @@ def safe_tags(tags: Mapping[Any, Any] | None, scrubber: Scrubber) -> dict[str, s
     except BaseException:
         return {"invariantkit.error": "tags could not be read"}
     for raw_key, raw_value in items[:ITEMS_LIMIT]:
-        key = safe_str(raw_key, 32)
-        if scrubber.key_is_denied(key):
-            out[key] = REDACTED
-            continue
-        value = raw_value if isinstance(raw_value, str) else _scalar_text(raw_value)
-        out[key] = safe_str(scrubber.scrub_text(safe_str(value)), TAG_VALUE_LIMIT)
+        try:
+            raw_text = safe_str(raw_key, KEY_LIMIT + _SCRUB_MARGIN)
+            key = _key_text(raw_text, scrubber, TAG_KEY_LIMIT)
+            if scrubber.key_is_allowed(raw_text):
+                out[key] = safe_str(_scalar_text(raw_value), TAG_VALUE_LIMIT)
+            elif scrubber.key_is_denied(raw_text):
+                out[key] = REDACTED
+            elif isinstance(raw_value, int) and not isinstance(raw_value, bool):
+                out[key] = safe_str(scrubber.scrub_number(raw_value), TAG_VALUE_LIMIT)
+            elif isinstance(raw_value, (Mapping, list, tuple, set, frozenset)):
+                nested = safe_json(raw_value, scrubber)
+                out[key] = scrubbed_str(nested, scrubber, TAG_VALUE_LIMIT)
+            else:
+                out[key] = scrubbed_str(_scalar_text(raw_value), scrubber, TAG_VALUE_LIMIT)
+        except BaseException:
+            out["invariantkit.error"] = "a tag could not be read"
     return out
 
 
 def _scalar_text(value: object) -> str:
     if value is None or isinstance(value, bool):
         return str(value).lower()
-    return safe_str(value)
+    return safe_str(value, STRING_LIMIT + _SCRUB_MARGIN)
 
 
 def safe_json(value: Any, scrubber: Scrubber, _depth: int = 0) -> Any:
@@ -188,23 +442,35 @@ def safe_json(value: Any, scrubber: Scrubber, _depth: int = 0) -> Any:
         if value is None or isinstance(value, bool):
             return value
         if isinstance(value, int):
-            return value if -(2**63) <= value < 2**63 else safe_str(value, 64)
+            if -(2**63) <= value < 2**63:
+                return scrubber.scrub_number(value)
+            return scrubbed_str(value, scrubber, 64)
         if isinstance(value, float):
-            return value if math.isfinite(value) else safe_str(value)
+            if not math.isfinite(value):
+                return safe_str(value)
+            if value.is_integer() and abs(value) >= 1e12:
+                scrubbed = scrubber.scrub_number(int(value))
+                return REDACTED if scrubbed == REDACTED else value
+            return value
         if isinstance(value, str):
-            return scrubber.scrub_text(safe_str(value))
+            return scrubbed_str(value, scrubber)
         if _depth >= DEPTH_LIMIT:
-            return safe_str(value, 200)
+            # Never str() a deep container: its repr would carry unscrubbed keys and values.
+            return f"<{type(value).__name__} nested deeper than {DEPTH_LIMIT} levels>"
         if isinstance(value, Mapping):
             out: dict[str, Any] = {}
-            for i, (k, v) in enumerate(value.items()):
+            for i, (k, v) in enumerate(list(value.items())):
                 if i >= ITEMS_LIMIT:
                     out["…"] = f"{len(value) - ITEMS_LIMIT} more"
                     break
-                key = safe_str(k, 128)
-                out[key] = (
-                    REDACTED if scrubber.key_is_denied(key) else safe_json(v, scrubber, _depth + 1)
-                )
+                raw_key = safe_str(k, KEY_LIMIT + _SCRUB_MARGIN)
+                key = _key_text(raw_key, scrubber)
+                if scrubber.key_is_allowed(raw_key):
+                    out[key] = safe_json(v, NO_SCRUB, _depth + 1)
+                elif scrubber.key_is_denied(raw_key):
+                    out[key] = REDACTED
+                else:
+                    out[key] = safe_json(v, scrubber, _depth + 1)
             return out
         if isinstance(value, (list, tuple, set, frozenset)):
             seq = list(value)
@@ -212,7 +478,7 @@ def safe_json(value: Any, scrubber: Scrubber, _depth: int = 0) -> Any:
             if len(seq) > ITEMS_LIMIT:
                 items.append(f"… {len(seq) - ITEMS_LIMIT} more")
             return items
-        return scrubber.scrub_text(safe_str(value))
+        return scrubbed_str(value, scrubber)
     except BaseException:
         return "<unreportable>"
 
@@ -224,4 +490,45 @@ def safe_mapping(data: Mapping[Any, Any] | None, scrubber: Scrubber) -> dict[str
     result = safe_json(data, scrubber) if isinstance(data, Mapping) else None
     if isinstance(result, dict):
         return result
-    return {"value": safe_str(data, 200)}
+    return {"value": scrubbed_str(data, scrubber, 200)}
+
+
+def scrub_for_log(text: str) -> str:
+    """Remove credentials (DSNs, API keys, tokens, ``password=...``) from one of our log lines."""
+    try:
+        return _LOG_SCRUBBER.scrub_text(text)
+    except BaseException:
+        return "<unloggable>"
+
+
+class CredentialFilter(logging.Filter):
+    """A logging filter that removes DSNs, API keys and tokens from invariantkit's own messages
+    and tracebacks (installed on the ``invariantkit`` logger). JSON signal lines, which were
+    scrubbed when they were built, pass untouched.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "invariantkit", None) is not None:
+            return True
+        try:
+            message = record.getMessage()
+        except BaseException:
+            message = safe_str(record.msg)
+        record.msg = scrub_for_log(message)
+        record.args = ()
+        if record.exc_info and not record.exc_text:
+            try:
+                record.exc_text = scrub_for_log(
+                    "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
+                )
+            except BaseException:
+                pass
+        if record.stack_info:
+            record.stack_info = scrub_for_log(record.stack_info)
+        return True
+
+
+def install_log_filter(logger: logging.Logger) -> None:
+    """Install one :class:`CredentialFilter` on ``logger`` (idempotent)."""
+    if not any(isinstance(f, CredentialFilter) for f in logger.filters):
+        logger.addFilter(CredentialFilter())

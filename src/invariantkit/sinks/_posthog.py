@@ -16,6 +16,10 @@ if TYPE_CHECKING:
 __all__ = ["PostHog", "posthog_configured"]
 
 DEFAULT_HOST = "https://us.i.posthog.com"
+#: Options of the client invariantkit builds (and recommends when you build your own): a request
+#: never waits more than 2 s, a failed batch is retried once, batches leave every half second.
+#: PostHog's own defaults (15 s timeout, 3 retries) keep ``flush()`` 7 s on a host that is down.
+CLIENT_DEFAULTS: dict[str, Any] = {"timeout": 2, "max_retries": 1, "flush_interval": 0.5}
 
 
 def _api_key_from_env() -> str | None:
@@ -28,17 +32,27 @@ def posthog_configured() -> bool:
 
 
 def bounded(fn: Callable[[], object], timeout: float, name: str) -> bool:
-    """Run ``fn`` in a daemon thread and wait at most ``timeout`` s. True when it finished."""
+    """Run ``fn`` in a daemon thread and wait at most ``timeout`` s. True when it finished.
+
+    PostHog's ``shutdown()`` has no timeout and a host that never answers keeps it for over a
+    minute: the caller waits at most ``timeout``; the thread ends when the SDK gives up.
+    """
     done = threading.Event()
+    error: list[BaseException] = []
 
     def run() -> None:
         try:
             fn()
+        except BaseException as exc:
+            error.append(exc)
         finally:
             done.set()
 
     threading.Thread(target=run, name=name, daemon=True).start()
-    return done.wait(max(timeout, 0.0))
+    finished = done.wait(max(timeout, 0.0))
+    if error:
+        raise error[0]
+    return finished
 
 
 class PostHog:
@@ -48,6 +62,13 @@ class PostHog:
     Every event carries ``trace_id``; the ``distinct_id`` is the bound user, or, with no user
     bound, the trace id with ``$process_person_profile: false`` (a personless event). Messages are
     built on invariantkit's background worker, never on the caller's thread.
+
+    Events PostHog's client drops (its queue full, a batch that failed after its retries, for
+    the client invariantkit builds) are counted in
+    ``invariantkit_sink_dropped_total{sink="posthog"}``. When you build the client yourself, pass
+    ``timeout=2, max_retries=1`` (see ``CLIENT_DEFAULTS``) so a PostHog outage cannot hold
+    ``flush()`` for seconds, and ``on_error=ik.sinks.PostHog.count_failed_batch`` so failed
+    batches are counted.
 
     Args:
         client: a ``posthog.Posthog`` client (never shut down by invariantkit). When None, one is
@@ -82,21 +103,36 @@ class PostHog:
             client = posthog.Posthog(
                 api_key,
                 host=os.environ.get("POSTHOG_HOST") or DEFAULT_HOST,
-                timeout=2,
-                max_retries=1,
-                flush_interval=0.5,
-                on_error=self._on_error,
+                on_error=self.count_failed_batch,
+                **CLIENT_DEFAULTS,
             )
         elif not callable(getattr(client, "capture", None)):
+            hint = " (pass the API key to posthog.Posthog(...))" if isinstance(client, str) else ""
             raise TypeError(
-                f"invariantkit.sinks.PostHog(client): expected a posthog.Posthog, got {client!r}"
+                "invariantkit.sinks.PostHog(client): expected a posthog.Posthog, got a "
+                f"{type(client).__name__}{hint}"
             )
         self.client = client
 
-    def _on_error(self, error: Exception, batch: list[Any]) -> None:
+    @staticmethod
+    def count_failed_batch(error: Exception, batch: list[Any]) -> None:
+        """An ``on_error`` callback for ``posthog.Posthog``: counts the events of a batch that
+        could not be delivered in ``invariantkit_sink_dropped_total{sink="posthog"}``.
+
+        Example:
+            >>> import invariantkit as ik
+            >>> import posthog
+            >>> client = posthog.Posthog("phc_example", host="http://127.0.0.1:9", send=False,
+            ...                          on_error=ik.sinks.PostHog.count_failed_batch,
+            ...                          timeout=2, max_retries=1)
+        """
         from invariantkit._config import count_dropped
 
-        count_dropped(self.name, len(batch) if batch else 1)
+        try:
+            count = len(batch) if batch else 1
+        except Exception:
+            count = 1
+        count_dropped("posthog", count)
 
     def _capture(self, event: str, record: Record, properties: dict[str, Any]) -> None:
         properties["trace_id"] = record.trace_id
@@ -105,12 +141,19 @@ class PostHog:
         else:
             distinct_id = record.trace_id
             properties["$process_person_profile"] = False
-        self.client.capture(
+        client = self.client
+        queued = client.capture(
             event,
             distinct_id=distinct_id,
             properties=properties,
             timestamp=dt.datetime.fromtimestamp(record.timestamp, tz=dt.timezone.utc),
         )
+        if queued is None and not getattr(client, "disabled", False):
+            # posthog returns None when its queue is full (or the client was shut down):
+            # the event is lost, count it.
+            from invariantkit._config import count_dropped
+
+            count_dropped(self.name, 1)
 
     def emit(self, record: Record) -> None:
         kind = record.kind
@@ -124,7 +167,7 @@ class PostHog:
                 "outcome": record.status,
                 "duration_ms": round((record.duration or 0.0) * 1000, 3),
             }
-            props.update(record.attributes)
+            props.update(_safe_attributes(record.attributes))
             if record.exception is not None:
                 props["error_type"] = type(record.exception).__name__
             self._capture(f"{decl.event_prefix}_{record.status}", record, props)  # type: ignore[union-attr]
@@ -155,3 +198,13 @@ class PostHog:
         if not self._owned:
             return self.flush(timeout)
         return bounded(self.client.shutdown, timeout, "invariantkit-posthog-shutdown")
+
+
+def _safe_attributes(attributes: Any) -> dict[str, Any]:
+    """Operation attributes as properties, scrubbed (static ones are declared, not scrubbed)."""
+    if not attributes:
+        return {}
+    from invariantkit._config import current_config
+    from invariantkit._safe import safe_mapping
+
+    return safe_mapping(attributes, current_config().scrubber)

@@ -8,10 +8,116 @@ from invariantkit.sinks._base import SinkUnavailable
 
 if TYPE_CHECKING:
     from invariantkit._record import Record
+    from invariantkit._safe import Scrubber
 
-__all__ = ["Sentry", "sentry_active"]
+__all__ = ["RECOMMENDED_TRANSPORT_QUEUE_SIZE", "Sentry", "check_transport_queue", "sentry_active"]
 
 LOGGER_NAME = "invariantkit"
+#: ``transport_queue_size`` to pass to ``sentry_sdk.init``: Sentry's default (100) silently loses
+#: the rest of a burst of violations while the backend is slow; this holds as many events as
+#: invariantkit's own background queue.
+RECOMMENDED_TRANSPORT_QUEUE_SIZE = 10_000
+# Sentry's reasons for losing an event on the way out (client reports); others, such as
+# "sample_rate" or "before_send", are the application's own choice and are not counted.
+_DELIVERY_LOSSES = frozenset(
+    {"queue_overflow", "network_error", "send_error", "ratelimit_backoff", "backpressure"}
+)
+_COUNTED_CATEGORIES = frozenset({"error", "default", "monitor"})
+_HOOKED = "_invariantkit_counts_losses"
+
+
+def _count_lost(transport: Any) -> None:
+    """Wrap ``transport.record_lost_event`` (a public Transport method) so that events Sentry
+    loses on the way out are counted in ``invariantkit_sink_dropped_total{sink="sentry"}``."""
+    original = transport.record_lost_event
+    if getattr(original, _HOOKED, False):
+        return
+
+    def record_lost_event(
+        reason: str,
+        data_category: Any = None,
+        item: Any = None,
+        *,
+        quantity: int = 1,
+    ) -> None:
+        try:
+            category = item.data_category if item is not None else data_category
+            if reason in _DELIVERY_LOSSES and category in _COUNTED_CATEGORIES:
+                from invariantkit._config import count_dropped
+
+                count_dropped("sentry", 1 if item is not None else max(int(quantity), 1))
+        except Exception:
+            pass
+        original(reason, data_category, item, quantity=quantity)
+
+    setattr(record_lost_event, _HOOKED, True)
+    transport.record_lost_event = record_lost_event
+
+
+def check_transport_queue(client: Any = None) -> str | None:
+    """A problem with the Sentry client's transport queue, or None when it can hold a burst.
+
+    ``invariantkit verify`` reports it. ``client`` defaults to the active one.
+
+    Example:
+        >>> import sentry_sdk
+        >>> from invariantkit.sinks._sentry import check_transport_queue
+        >>> client = sentry_sdk.Client(dsn="http://key@127.0.0.1:9/1", transport_queue_size=10_000)
+        >>> check_transport_queue(client) is None
+        True
+    """
+    import sentry_sdk
+
+    client = client if client is not None else sentry_sdk.get_client()
+    if not client.is_active():
+        return None
+    size = client.options.get("transport_queue_size")
+    if isinstance(size, int) and size < RECOMMENDED_TRANSPORT_QUEUE_SIZE:
+        return (
+            f"Sentry transport_queue_size={size} drops the rest of a burst of more than {size} "
+            f"events (counted in invariantkit_sink_dropped_total{{sink=\"sentry\"}}); pass "
+            f"transport_queue_size={RECOMMENDED_TRANSPORT_QUEUE_SIZE} to sentry_sdk.init()"
+        )
+    return None
+
+
+def _scrub_tree(value: Any, scrubber: Scrubber, depth: int = 0) -> Any:
+    from invariantkit._safe import REDACTED
+
+    if isinstance(value, str):
+        return scrubber.scrub_text(value)
+    if depth > 10:
+        return value
+    if isinstance(value, dict):
+        return {
+            k: (
+                REDACTED
+                if isinstance(k, str) and scrubber.key_is_denied(k)
+                else _scrub_tree(v, scrubber, depth + 1)
+            )
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_scrub_tree(v, scrubber, depth + 1) for v in value]
+    return value
+
+
+def _exception_scrubber(scrubber: Scrubber) -> Any:
+    """A scope event processor: scrub exception messages and frame variables of our events."""
+
+    def process(event: dict[str, Any], hint: Any) -> dict[str, Any]:
+        try:
+            for exc in (event.get("exception") or {}).get("values") or ():
+                if isinstance(exc.get("value"), str):
+                    exc["value"] = scrubber.scrub_text(exc["value"])
+                for frame in (exc.get("stacktrace") or {}).get("frames") or ():
+                    if "vars" in frame:
+                        frame["vars"] = _scrub_tree(frame["vars"], scrubber)
+        except Exception:
+            pass
+        return event
+
+    return process
 
 
 def sentry_active() -> bool:
@@ -45,6 +151,8 @@ class Sentry:
 
     name: ClassVar[str] = "sentry"
     deferred: ClassVar[bool] = False
+    #: Pass ``transport_queue_size=Sentry.RECOMMENDED_TRANSPORT_QUEUE_SIZE`` to ``sentry_sdk.init``.
+    RECOMMENDED_TRANSPORT_QUEUE_SIZE: ClassVar[int] = RECOMMENDED_TRANSPORT_QUEUE_SIZE
 
     def __init__(self, client: Any = None) -> None:
         try:
@@ -54,8 +162,15 @@ class Sentry:
             raise SinkUnavailable(
                 "invariantkit.sinks.Sentry needs sentry-sdk: pip install 'invariantkit[sentry]'"
             ) from exc
+        if client is not None and not callable(getattr(client, "capture_event", None)):
+            hint = " (pass the DSN to sentry_sdk.init(dsn=...))" if isinstance(client, str) else ""
+            raise TypeError(
+                "invariantkit.sinks.Sentry(client): expected a sentry_sdk.Client, got a "
+                f"{type(client).__name__}{hint}"
+            )
         self._sdk = sentry_sdk
         self.client = client
+        self._hooked: Any = None
         ignore_logger(LOGGER_NAME)
 
     # -- helpers --------------------------------------------------------------------------------
@@ -70,7 +185,15 @@ class Sentry:
             kwargs["user"] = {"id": record.user_id}
         return kwargs
 
+    def _hook(self) -> None:
+        client = self.client if self.client is not None else self._sdk.get_client()
+        transport = getattr(client, "transport", None)
+        if transport is not None and transport is not self._hooked:
+            self._hooked = transport
+            _count_lost(transport)
+
     def _capture(self, method: str, *args: Any, **kwargs: Any) -> None:
+        self._hook()
         sdk = self._sdk
         if self.client is None:
             getattr(sdk, method)(*args, **kwargs)
@@ -78,6 +201,19 @@ class Sentry:
         with sdk.new_scope() as scope:
             scope.set_client(self.client)
             getattr(scope, method)(*args, **kwargs)
+
+    def _capture_exception(self, exc: BaseException, kwargs: dict[str, Any]) -> None:
+        # Exception messages and the frames' local variables leave the process too: scrub them
+        # like tags (failure path only).
+        from invariantkit._config import current_config
+
+        self._hook()
+        sdk = self._sdk
+        with sdk.new_scope() as scope:
+            if self.client is not None:
+                scope.set_client(self.client)
+            scope.add_event_processor(_exception_scrubber(current_config().scrubber))
+            scope.capture_exception(exc, **kwargs)
 
     # -- records --------------------------------------------------------------------------------
 
@@ -88,8 +224,8 @@ class Sentry:
                 return
             decl = record.declaration
             tags = {"operation": record.name, "domain": getattr(decl, "domain", "billing")}
-            tags.update(record.attributes)
-            self._capture("capture_exception", record.exception, **self._scope_kwargs(record, tags))
+            tags.update(_safe_attributes(record.attributes))
+            self._capture_exception(record.exception, self._scope_kwargs(record, tags))
         elif kind == "violation":
             decl = record.declaration
             tags = dict(record.attributes)
@@ -110,8 +246,8 @@ class Sentry:
             if record.exception is None:
                 return
             tags = {"operation": record.name, "domain": "billing"}
-            tags.update(record.attributes)
-            self._capture("capture_exception", record.exception, **self._scope_kwargs(record, tags))
+            tags.update(_safe_attributes(record.attributes))
+            self._capture_exception(record.exception, self._scope_kwargs(record, tags))
         elif kind == "constraint":
             if record.status != "missing":
                 return
@@ -124,9 +260,23 @@ class Sentry:
         elif kind == "cron":
             self._checkin(record)
 
+    @staticmethod
+    def recommended_options() -> dict[str, Any]:
+        """Options for ``sentry_sdk.init`` that keep a burst of violations: a transport queue
+        that holds it (:data:`RECOMMENDED_TRANSPORT_QUEUE_SIZE`) and every error kept
+        (``sample_rate=1.0``).
+
+        Example:
+            >>> import invariantkit as ik
+            >>> ik.sinks.Sentry.recommended_options()["transport_queue_size"]
+            10000
+        """
+        return {"transport_queue_size": RECOMMENDED_TRANSPORT_QUEUE_SIZE, "sample_rate": 1.0}
+
     def _checkin(self, record: Record) -> None:
         from invariantkit.sinks._sentry_crons import capture_cron_checkin
 
+        self._hook()
         if self.client is None:
             capture_cron_checkin(record)
             return
@@ -147,3 +297,13 @@ class Sentry:
     def shutdown(self, timeout: float) -> bool:
         # The client belongs to the user: flush it, never close it.
         return self.flush(timeout)
+
+
+def _safe_attributes(attributes: Any) -> dict[str, str]:
+    """Operation attributes as Sentry tags, scrubbed (static ones are declared, not scrubbed)."""
+    if not attributes:
+        return {}
+    from invariantkit._config import current_config
+    from invariantkit._safe import safe_tags
+
+    return safe_tags(attributes, current_config().scrubber)
