@@ -1,10 +1,21 @@
-"""Prometheus metrics through prometheus-client: the guide's metric names, children at zero."""
+"""Prometheus metrics through prometheus-client: the guide's metric names, children at zero.
+
+Short-lived processes (cron jobs) are never scraped: at the end of each cron run the sink pushes
+invariantkit's metrics to a Pushgateway and/or writes the cron's gauges to a node-exporter
+textfile. Multi-process servers (``PROMETHEUS_MULTIPROC_DIR``) work as prometheus-client's
+multiprocess mode does: counters and histograms add up across workers, the gauges use
+``mostrecent`` (the value the latest process set wins, also after that worker exited).
+"""
 
 from __future__ import annotations
 
 import logging
+import math
+import re
 import threading
+import urllib.parse
 import weakref
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -12,6 +23,7 @@ from invariantkit.sinks._base import SinkUnavailable
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+    from prometheus_client.metrics_core import Metric
 
     from invariantkit._record import Record
 
@@ -37,6 +49,9 @@ DURATION_BUCKETS = (
 )
 #: Distinct values allowed per metric and label before new ones fold into "other".
 LABEL_VALUE_CAP = 100
+#: Bound on one Pushgateway push at the end of a cron run (seconds).
+PUSH_TIMEOUT = 2.0
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 
 
 @dataclass
@@ -50,6 +65,24 @@ class _Families:
     sink_errors: Counter
     sink_dropped: Counter
     extra: dict[str, Any]
+
+    def shared(self) -> list[Any]:
+        """The families every process has (not the per-cron gauges)."""
+        return [
+            self.operation_total,
+            self.operation_duration,
+            self.operation_errors,
+            self.violations,
+            self.retries,
+            self.constraint_exists,
+            self.sink_errors,
+            self.sink_dropped,
+        ]
+
+    def crons(self) -> dict[str, _CronGauges]:
+        """The cron gauges created so far (one entry per cron that ended a run here)."""
+        with _FAMILIES_LOCK:
+            return {key[5:]: value for key, value in self.extra.items() if key.startswith("cron:")}
 
 
 _FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, _Families] = weakref.WeakKeyDictionary()
@@ -120,6 +153,83 @@ def _families(registry: CollectorRegistry) -> _Families:
         return fams
 
 
+@dataclass
+class _CronGauges:
+    """The guide's four gauges of one cron job (metric names embed the job's name)."""
+
+    last_run_timestamp: Gauge
+    last_status: Gauge
+    duration_seconds: Gauge
+    processed: Gauge
+
+    def all(self) -> list[Gauge]:
+        return [self.last_run_timestamp, self.last_status, self.duration_seconds, self.processed]
+
+
+def _cron_gauges(fams: _Families, registry: CollectorRegistry, name: str) -> _CronGauges:
+    """Create (once per registry) the four gauges of cron ``name``.
+
+    They are created when the first run ends, never at declaration: an unlabelled gauge is
+    exposed at 0 as soon as it exists, and ``last_run_timestamp 0`` or ``last_status 0`` from a
+    process that merely imported the job would fire the Missing and Failed alerts. In
+    multiprocess mode they use ``mostrecent``: the latest run wins, even from an exited worker.
+    """
+    from prometheus_client import Gauge
+
+    key = "cron:" + name
+    with _FAMILIES_LOCK:
+        gauges: _CronGauges | None = fams.extra.get(key)
+        if gauges is None:
+            prefix = f"cron_{name}_"
+
+            def gauge(suffix: str, doc: str) -> Gauge:
+                return Gauge(
+                    prefix + suffix, doc, registry=registry, multiprocess_mode="mostrecent"
+                )
+
+            gauges = _CronGauges(
+                last_run_timestamp=gauge(
+                    "last_run_timestamp", f"Unix time (seconds) the {name} cron job last ended."
+                ),
+                last_status=gauge(
+                    "last_status", f"1 if the last run of the {name} cron job succeeded, 0 if not."
+                ),
+                duration_seconds=gauge(
+                    "duration_seconds", f"Duration of the last run of the {name} cron job."
+                ),
+                processed=gauge(
+                    "processed", f"Items processed by the last run of the {name} cron job."
+                ),
+            )
+            fams.extra[key] = gauges
+        return gauges
+
+
+class _View:
+    """A collector exposing some of the sink's metric objects (what is pushed or written)."""
+
+    __slots__ = ("_collectors",)
+
+    def __init__(self, collectors: Iterable[Any]) -> None:
+        self._collectors = list(collectors)
+
+    def collect(self) -> Iterator[Metric]:
+        for collector in self._collectors:
+            yield from collector.collect()
+
+
+def _redacted(url: str) -> str:
+    """``url`` without credentials, for log lines."""
+    try:
+        parts = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+        return urllib.parse.urlunsplit((parts.scheme, host, parts.path, "", ""))
+    except ValueError:
+        return "<invalid url>"
+
+
 class _OpChildren:
     __slots__ = ("errors", "fail_count", "fail_hist", "ok_count", "ok_hist", "seen_errors")
 
@@ -139,11 +249,31 @@ class PrometheusMetrics:
     labels: only ``type``, ``invariant``, ``operation``, ``outcome``, ``error_type``,
     ``constraint``, ``sink`` and ``test``.
 
+    Cron runs (``ik.monitor_cron``) set ``cron_<name>_last_run_timestamp``, ``_last_status``,
+    ``_duration_seconds`` and ``_processed`` when they end. A cron process exits before any
+    scrape, so give the sink a Pushgateway or a textfile:
+
+    - ``pushgateway``: when a run ends, invariantkit's metrics (the billing families,
+      ``pg_constraint_exists``, the sink counters and that cron's four gauges; not the rest of
+      the registry) are pushed with ``pushadd_to_gateway`` (POST: metrics you push to the same
+      group with ``pushadd`` survive) under the grouping key ``job=<cron name>`` plus
+      ``grouping_key``. No ``instance`` label by default: a Kubernetes CronJob pod has a new
+      hostname every run, and each would leave a group behind forever, whose stale timestamp
+      keeps the Missing alert firing. The push is bounded by ``push_timeout`` and never raises;
+      a failure is logged once and counted in ``invariantkit_sink_dropped_total{sink="prometheus"}``.
+    - ``textfile``: when a run ends, the cron gauges are written atomically (temp file + rename)
+      to this ``.prom`` path for node-exporter's textfile collector. Put ``{cron}`` in the path
+      to write one file per job (``/var/lib/node_exporter/textfile/cron_{cron}.prom``);
+      otherwise the file holds every job this process ran. Only the cron gauges go there:
+      node-exporter rejects a series found in two files, and every process has the billing
+      families.
+
     Args:
         registry: a ``CollectorRegistry``; the default registry when None.
-        pushgateway: URL of a Prometheus Pushgateway; cron runs push their metrics there when
-            they end (short-lived processes are never scraped).
-        textfile: path of a node-exporter textfile to write atomically when a cron run ends.
+        pushgateway: Pushgateway address (``http://host:9091`` or ``host:9091``).
+        textfile: node-exporter textfile path, ending in ``.prom``; may contain ``{cron}``.
+        grouping_key: extra Pushgateway grouping labels (e.g. ``{"environment": "prod"}``).
+        push_timeout: seconds one push may take (default 2).
 
     Example:
         >>> import invariantkit as ik
@@ -159,6 +289,9 @@ class PrometheusMetrics:
         registry: CollectorRegistry | None = None,
         pushgateway: str | None = None,
         textfile: str | None = None,
+        *,
+        grouping_key: Mapping[str, str] | None = None,
+        push_timeout: float = PUSH_TIMEOUT,
     ) -> None:
         try:
             import prometheus_client
@@ -167,10 +300,18 @@ class PrometheusMetrics:
                 "invariantkit.sinks.PrometheusMetrics needs prometheus-client: "
                 "pip install 'invariantkit[prometheus]'"
             ) from exc
-        if pushgateway is not None and not isinstance(pushgateway, str):
-            raise TypeError("PrometheusMetrics(pushgateway=...) must be a URL string")
-        if textfile is not None and not isinstance(textfile, str):
-            raise TypeError("PrometheusMetrics(textfile=...) must be a file path string")
+        _check_pushgateway(pushgateway)
+        textfile = _check_textfile(textfile)
+        self.grouping_key: dict[str, str] = _check_grouping_key(grouping_key)
+        if (
+            isinstance(push_timeout, bool)
+            or not isinstance(push_timeout, (int, float))
+            or not 0 < push_timeout <= 60
+        ):
+            raise ValueError(
+                f"PrometheusMetrics(push_timeout={push_timeout!r}) must be seconds in (0, 60]"
+            )
+        self.push_timeout = float(push_timeout)
         self.registry: CollectorRegistry = (
             registry if registry is not None else prometheus_client.REGISTRY
         )
@@ -182,10 +323,13 @@ class PrometheusMetrics:
         self._retries: dict[str, Any] = {}
         self._capped: dict[str, set[str]] = {}
         self._lock = threading.Lock()
+        self._export_failures_logged: set[str] = set()
 
     # -- declarations ---------------------------------------------------------------------------
 
     def _declare(self, decl: Any) -> None:
+        # Crons and constraints get no series at declaration: a gauge at 0 would fire their
+        # Missing/Failed alerts. Their series appear when a run ends or a check runs.
         kind = decl.kind
         if kind == "operation":
             if decl.name not in self._ops:
@@ -250,7 +394,8 @@ class PrometheusMetrics:
             if child is None:
                 bounded = self._bounded(f"billing_operation_errors_total/{record.name}", error_type)
                 child = self.families.operation_errors.labels(record.name, bounded)
-                ops.errors[error_type] = child
+                if bounded == error_type:  # folded values are not cached: the dict stays bounded
+                    ops.errors[error_type] = child
             child.inc()
         elif kind == "violation":
             decl = record.declaration
@@ -263,10 +408,14 @@ class PrometheusMetrics:
                 child.inc()
         elif kind == "retry":
             self._retry_child(record.name).inc()
+        elif kind == "cron":
+            if record.status in ("ok", "error"):
+                self._cron_ended(record)
         elif kind == "constraint":
-            self.families.constraint_exists.labels(record.name).set(
-                1 if record.status == "present" else 0
-            )
+            if record.status in ("present", "missing"):
+                self.families.constraint_exists.labels(record.name).set(
+                    1 if record.status == "present" else 0
+                )
         elif kind == "declare":
             if record.declaration is not None:
                 self._declare(record.declaration)
@@ -275,8 +424,136 @@ class PrometheusMetrics:
         elif kind == "sink_dropped":
             self.families.sink_dropped.labels(record.name).inc(record.attributes.get("count", 1))
 
+    # -- cron runs ------------------------------------------------------------------------------
+
+    def _cron_ended(self, record: Record) -> None:
+        gauges = _cron_gauges(self.families, self.registry, record.name)
+        gauges.last_run_timestamp.set(record.timestamp)
+        gauges.last_status.set(1 if record.status == "ok" else 0)
+        gauges.duration_seconds.set(record.duration or 0.0)
+        processed = record.attributes.get("processed", 0)
+        if (
+            isinstance(processed, bool)
+            or not isinstance(processed, (int, float))
+            or not math.isfinite(processed)
+        ):
+            processed = 0
+        gauges.processed.set(processed)
+        if self.pushgateway is not None:
+            self._push(record.name, gauges)
+        if self.textfile is not None:
+            self._write_textfile(record.name)
+
+    def _push(self, cron: str, gauges: _CronGauges) -> None:
+        """Push the shared families and ``cron``'s gauges; bounded, never raises."""
+        assert self.pushgateway is not None
+        try:
+            from prometheus_client import pushadd_to_gateway
+
+            view = _View([*self.families.shared(), *gauges.all()])
+            pushadd_to_gateway(
+                self.pushgateway,
+                job=cron,
+                registry=view,
+                grouping_key=dict(self.grouping_key) or None,
+                timeout=self.push_timeout,
+            )
+        except Exception as exc:
+            self._export_failed("pushgateway", _redacted(self.pushgateway), exc)
+
+    def _write_textfile(self, cron: str) -> None:
+        """Write the cron gauges atomically for node-exporter; never raises."""
+        assert self.textfile is not None
+        path = self.textfile
+        try:
+            from prometheus_client import write_to_textfile
+
+            crons = self.families.crons()
+            if "{cron}" in path:
+                path = path.replace("{cron}", cron)
+                crons = {cron: crons[cron]}
+            view = _View(g for _, gauges in sorted(crons.items()) for g in gauges.all())
+            write_to_textfile(path, view)
+        except Exception as exc:
+            self._export_failed("textfile", path, exc)
+
+    def _export_failed(self, what: str, where: str, exc: BaseException) -> None:
+        from invariantkit._config import count_dropped
+        from invariantkit._safe import safe_str
+
+        try:
+            if what not in self._export_failures_logged:
+                self._export_failures_logged.add(what)
+                logger.warning(
+                    "invariantkit: writing cron metrics to the %s at %s failed (%s: %s); the run's "
+                    "metrics are lost there. Further failures are only counted in "
+                    "invariantkit_sink_dropped_total{sink=%r}",
+                    what,
+                    where,
+                    type(exc).__name__,
+                    safe_str(exc, 200),
+                    self.name,
+                )
+            count_dropped(self.name, 1)
+        except Exception:
+            pass
+
     def flush(self, timeout: float) -> bool:
         return True
 
     def shutdown(self, timeout: float) -> bool:
         return True
+
+
+def _check_pushgateway(url: object) -> None:
+    if url is None:
+        return
+    if not isinstance(url, str):
+        raise TypeError("PrometheusMetrics(pushgateway=...) must be a URL string")
+    parts = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"PrometheusMetrics(pushgateway={_redacted(url)!r}) must be an http(s) URL or "
+            "host:port, like 'http://pushgateway:9091'"
+        )
+
+
+def _check_textfile(path: object) -> str | None:
+    if path is None:
+        return None
+    import os
+
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError("PrometheusMetrics(textfile=...) must be a file path")
+    text = os.fspath(path)
+    if not isinstance(text, str) or not text.endswith(".prom"):
+        raise ValueError(
+            f"PrometheusMetrics(textfile={text!r}) must end in .prom: node-exporter's textfile "
+            "collector reads only *.prom files"
+        )
+    return text
+
+
+def _check_grouping_key(key: object) -> dict[str, str]:
+    if key is None:
+        return {}
+    if not isinstance(key, Mapping):
+        raise TypeError("PrometheusMetrics(grouping_key=...) must be a mapping of str to str")
+    out: dict[str, str] = {}
+    for name, value in key.items():
+        if not isinstance(name, str) or not _LABEL_NAME.match(name) or name.startswith("__"):
+            raise ValueError(
+                f"PrometheusMetrics(grouping_key=...): {name!r} must be a label name "
+                "([a-zA-Z_][a-zA-Z0-9_]*, not starting with __)"
+            )
+        if name == "job":
+            raise ValueError(
+                "PrometheusMetrics(grouping_key=...): 'job' is set to the cron's name; "
+                "use another label"
+            )
+        if not isinstance(value, str) or not value:
+            raise ValueError(
+                f"PrometheusMetrics(grouping_key=...): the value of {name!r} must be a non-empty str"
+            )
+        out[name] = value
+    return out

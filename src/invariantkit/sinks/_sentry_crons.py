@@ -1,36 +1,114 @@
-"""Sentry Crons check-ins for ``ik.monitor_cron`` records (called by the Sentry sink)."""
+"""Sentry Crons check-ins for ``ik.monitor_cron`` records (called by the Sentry sink).
+
+A run sends two check-ins with one ``check_in_id``: ``in_progress`` when it starts, then ``ok`` or
+``error`` with its duration. Each carries a ``monitor_config`` built from the cron's ``every`` and
+``max_runtime``, so Sentry creates or updates the monitor from the check-in itself (upsert): no
+monitor has to be clicked together in Sentry's UI first. A failed run also sends its exception,
+tagged ``cron`` and ``monitor_slug``, in the same trace as the run.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from invariantkit._record import Record
 
-__all__ = ["capture_cron_checkin"]
+__all__ = ["capture_cron_checkin", "checkin_margin_seconds", "monitor_config", "monitor_slug"]
+
+#: Sentry interval units we use, largest first, with their length in seconds.
+_UNITS: tuple[tuple[str, int], ...] = (("week", 604_800), ("day", 86_400), ("hour", 3_600))
+#: Sentry's bounds for ``max_runtime`` (minutes): at least 1, at most 28 days.
+_MAX_RUNTIME_MINUTES = 28 * 24 * 60
+
+
+def checkin_margin_seconds(every: float) -> float:
+    """How late a run may start before it counts as missed: a tenth of the interval, at least
+    one minute, at most one hour (a daily job: 1 h, so "missing" means 25 h, as in the guide)."""
+    return min(max(every / 10.0, 60.0), 3_600.0)
+
+
+def _schedule(every: float) -> dict[str, Any]:
+    seconds = math.ceil(every)
+    for unit, length in _UNITS:
+        if seconds >= length and seconds % length == 0:
+            return {"type": "interval", "value": seconds // length, "unit": unit}
+    # Sentry has no "second" unit: round up, so a run is never expected before it is due.
+    return {"type": "interval", "value": max(math.ceil(every / 60.0), 1), "unit": "minute"}
+
+
+def monitor_config(every: float, max_runtime: float) -> dict[str, Any]:
+    """The Sentry ``monitor_config`` for a job run every ``every`` seconds that may take up to
+    ``max_runtime`` seconds.
+
+    Example:
+        >>> from invariantkit.sinks._sentry_crons import monitor_config
+        >>> monitor_config(86_400, 300)
+        {'schedule': {'type': 'interval', 'value': 1, 'unit': 'day'}, 'checkin_margin': 60, 'max_runtime': 5}
+    """
+    return {
+        "schedule": _schedule(every),
+        "checkin_margin": max(math.ceil(checkin_margin_seconds(every) / 60.0), 1),
+        "max_runtime": min(max(math.ceil(max_runtime / 60.0), 1), _MAX_RUNTIME_MINUTES),
+    }
+
+
+def monitor_slug(name: str, sentry_slug: str | None = None) -> str:
+    """The Sentry monitor slug of cron ``name``: ``sentry_slug``, else the name with hyphens."""
+    return sentry_slug or name.replace("_", "-")
+
+
+_STATUSES = {"in_progress": "in_progress", "ok": "ok"}
 
 
 def capture_cron_checkin(record: Record) -> None:
-    """Send the check-in ``record`` describes through the current Sentry client."""
+    """Send the check-in ``record`` describes through the current Sentry client.
+
+    The Sentry sink calls this for ``cron`` records inside a scope bound to its client. For a
+    failed run (status ``error``) whose exception is an ``Exception``, the exception is captured
+    first, so the issue and the failed check-in arrive together.
+    """
+    import sentry_sdk
     from sentry_sdk.crons import capture_checkin
 
     decl = record.declaration
-    slug = getattr(decl, "sentry_slug", None) or record.name.replace("_", "-")
+    slug = monitor_slug(record.name, getattr(decl, "sentry_slug", None))
     config: Any = None
     every = getattr(decl, "every", None)
     if every:
-        minutes = max(round(every / 60), 1)
-        max_runtime = getattr(decl, "max_runtime", None) or 0
-        config = {
-            "schedule": {"type": "interval", "value": minutes, "unit": "minute"},
-            "checkin_margin": max(minutes // 10, 1),
-            "max_runtime": max(round(max_runtime / 60), 1),
+        config = monitor_config(every, getattr(decl, "max_runtime", None) or every)
+    status = _STATUSES.get(record.status, "error")
+    trace_context = {"trace_id": record.trace_id, "span_id": record.span_id}
+    exc = record.exception
+    if status == "error" and isinstance(exc, Exception):
+        tags: dict[str, str] = {
+            "cron": record.name,
+            "monitor_slug": slug,
+            "trace_id": record.trace_id,
         }
-    status = {"in_progress": "in_progress", "ok": "ok"}.get(record.status, "error")
-    capture_checkin(
-        monitor_slug=slug,
-        check_in_id=record.attributes.get("check_in_id"),
-        status=status,
-        duration=record.duration,
-        monitor_config=config,
-    )
+        for field in ("team", "domain"):
+            value = getattr(decl, field, None)
+            if value:
+                tags[field] = value
+        kwargs: dict[str, Any] = {
+            "tags": tags,
+            "contexts": {
+                "trace": trace_context,
+                "monitor": {"slug": slug, "check_in_id": record.attributes.get("check_in_id")},
+            },
+        }
+        if record.user_id is not None:
+            kwargs["user"] = {"id": record.user_id}
+        sentry_sdk.capture_exception(exc, **kwargs)
+    # A forked scope carries the run's trace id into the check-in (the SDK would otherwise use
+    # its own propagation context), so the check-in, its error and the run's spans share one id.
+    with sentry_sdk.new_scope() as scope:
+        scope.set_context("trace", trace_context)
+        capture_checkin(
+            monitor_slug=slug,
+            check_in_id=record.attributes.get("check_in_id"),
+            status=status,
+            duration=record.duration,
+            monitor_config=config,
+        )
