@@ -22,6 +22,7 @@ logger = logging.getLogger("invariantkit")
 
 Mode = Literal["report", "enforce"]
 _TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ class _State:
 
     def __init__(self) -> None:
         self.config: Config | None = None
+        #: The most recent configuration, kept after shutdown: the background worker may still
+        #: format log lines of that configuration while it drains.
+        self.last_config: Config | None = None
         self.dispatcher: Dispatcher | None = None
         self.generation = 0
         self.lock = threading.RLock()
@@ -59,7 +63,25 @@ STATE = _State()
 
 
 def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in _TRUE
+    value = os.environ.get(name, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(
+        f"invariantkit.configure(): {name}={os.environ[name]!r} must be true or false "
+        "(1/true/yes/on or 0/false/no/off)"
+    )
+
+
+def _check_text(name: str, value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError(f"invariantkit.configure({name}=...) must be a str")
+    if not value.strip():
+        raise ValueError(f"invariantkit.configure({name}=...) must not be empty")
+    return value
 
 
 def auto_sinks() -> list[Sink]:
@@ -76,10 +98,13 @@ def auto_sinks() -> list[Sink]:
         sinks.append(PrometheusMetrics())
     except SinkUnavailable:
         pass
-    from invariantkit.sinks._sentry import Sentry, sentry_active
+    try:
+        from invariantkit.sinks._sentry import Sentry, sentry_active
 
-    if sentry_active():
-        sinks.append(Sentry())
+        if sentry_active():
+            sinks.append(Sentry())
+    except ImportError:  # sentry-sdk not installed (or not importable): skipped
+        pass
     from invariantkit.sinks._posthog import PostHog, posthog_configured
 
     if posthog_configured():
@@ -96,11 +121,21 @@ def _check_sinks(sinks: Iterable[object]) -> tuple[Sink, ...]:
         raise TypeError("invariantkit.configure(sinks=...) must be a list of sinks")
     checked: list[Sink] = []
     for sink in sinks:
+        if isinstance(sink, type):
+            raise TypeError(
+                f"invariantkit.configure(sinks=...): {sink.__name__} is not a sink but a sink "
+                f"class; pass an instance: {sink.__name__}(...)"
+            )
         if not isinstance(sink, Sink):
             raise TypeError(
                 f"invariantkit.configure(sinks=...): {sink!r} is not a sink (it needs name, "
                 "deferred, emit(record), flush(timeout) and shutdown(timeout)); use the classes "
                 "in invariantkit.sinks"
+            )
+        if any(sink is other for other in checked):
+            raise ValueError(
+                f"invariantkit.configure(sinks=...): {sink!r} is listed more than once "
+                "(each signal would be sent twice)"
             )
         checked.append(sink)
     return tuple(checked)
@@ -137,10 +172,8 @@ def configure(
         >>> config.mode
         'report'
     """
-    if service is not None and not isinstance(service, str):
-        raise TypeError("invariantkit.configure(service=...) must be a str")
-    if environment is not None and not isinstance(environment, str):
-        raise TypeError("invariantkit.configure(environment=...) must be a str")
+    _check_text("service", service)
+    _check_text("environment", environment)
     resolved_mode = mode if mode is not None else os.environ.get("INVARIANTKIT_MODE", "report")
     resolved_mode = (
         resolved_mode.strip().lower() if isinstance(resolved_mode, str) else resolved_mode
@@ -152,6 +185,7 @@ def configure(
         )
     if test_mode is not None and not isinstance(test_mode, bool):
         raise TypeError("invariantkit.configure(test_mode=...) must be True, False or None")
+    resolved_test_mode = test_mode if test_mode is not None else _env_flag("ALERT_TEST_MODE")
     if scrub is None or scrub is True:
         scrubber = Scrubber()
     elif scrub is False:
@@ -166,14 +200,16 @@ def configure(
         service=service or os.environ.get("OTEL_SERVICE_NAME") or "unknown_service",
         environment=environment or os.environ.get("INVARIANTKIT_ENVIRONMENT") or "production",
         mode=resolved_mode,  # type: ignore[arg-type]
-        test_mode=test_mode if test_mode is not None else _env_flag("ALERT_TEST_MODE"),
+        test_mode=resolved_test_mode,
         scrubber=scrubber,
         sinks=resolved_sinks,
     )
+    _keep_logs_out_of_sentry(resolved_sinks)
     dispatcher = Dispatcher(resolved_sinks)
     with STATE.lock:
         old = STATE.dispatcher
         STATE.config = config
+        STATE.last_config = config
         STATE.dispatcher = dispatcher
         STATE.generation += 1
         for decl in get_catalog():
@@ -181,6 +217,21 @@ def configure(
     if old is not None:
         old.shutdown(1.0, keep=resolved_sinks)
     return config
+
+
+def _keep_logs_out_of_sentry(sinks: tuple[Sink, ...]) -> None:
+    """With a Sentry sink, failures already reach Sentry once: keep the JSON log lines of every
+    JsonLogs sink (whatever its logger name) out of Sentry's logging integration."""
+    if not any(s.name == "sentry" for s in sinks):
+        return
+    try:
+        from sentry_sdk.integrations.logging import ignore_logger
+    except ImportError:
+        return
+    for sink in sinks:
+        log = getattr(sink, "logger", None)
+        if sink.name == "json_logs" and isinstance(log, logging.Logger):
+            ignore_logger(log.name)
 
 
 def swap(
@@ -192,6 +243,8 @@ def swap(
     with STATE.lock:
         previous = (STATE.config, STATE.dispatcher)
         STATE.config = config
+        if config is not None:
+            STATE.last_config = config
         STATE.dispatcher = new_dispatcher
         STATE.generation += 1
         if new_dispatcher is not None:

@@ -33,6 +33,7 @@ S = TypeVar("S")
 logger = logging.getLogger("invariantkit")
 
 _OK = Status(StatusCode.OK)
+_UNSET = StatusCode.UNSET
 _perf_counter = time.perf_counter
 _time = time.time
 _attach = otel_context.attach
@@ -170,7 +171,7 @@ class OperationRun:
         if self._attributes:
             attrs = {**attrs, **self._attributes}
         # tuple.__new__ directly: the NamedTuple's generated __new__ costs a Python call.
-        return _tuple_new(  # type: ignore[no-any-return]
+        return _tuple_new(
             Record,
             (
                 kind,
@@ -204,7 +205,10 @@ class OperationRun:
             duration = _perf_counter() - self._start
             span = self._span
             if span is not None:
-                span.set_status(_OK)
+                # Keep an ERROR set during the call (a violation, or the application itself).
+                status = getattr(span, "status", None)
+                if status is None or status.status_code is _UNSET:
+                    span.set_status(_OK)
                 span.end()
             if self._token is not None or self._corr_token is not None:
                 self._close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
@@ -36,18 +37,29 @@ def _level_and_event(record: Record) -> tuple[int, str]:
     return level, event
 
 
+def _service_and_environment() -> tuple[str, str]:
+    # Read, never configure: this runs on the background worker, also while shutdown() drains it.
+    from invariantkit._config import STATE
+
+    config = STATE.config or STATE.last_config
+    if config is not None:
+        return config.service, config.environment
+    return (
+        os.environ.get("OTEL_SERVICE_NAME") or "unknown_service",
+        os.environ.get("INVARIANTKIT_ENVIRONMENT") or "production",
+    )
+
+
 def record_fields(record: Record, level: int, event: str) -> dict[str, Any]:
     """The JSON fields of one log line for ``record``."""
-    from invariantkit._config import current_config
-
-    config = current_config()
+    service, environment = _service_and_environment()
     fields: dict[str, Any] = {
         "timestamp": dt.datetime.fromtimestamp(record.timestamp, tz=dt.timezone.utc).isoformat(),
         "level": logging.getLevelName(level).lower(),
         "logger": "invariantkit",
         "event": event,
-        "service": config.service,
-        "environment": config.environment,
+        "service": service,
+        "environment": environment,
         "trace_id": record.trace_id,
         "span_id": record.span_id,
         "user_id": record.user_id,

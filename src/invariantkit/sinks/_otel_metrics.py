@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from opentelemetry import metrics
@@ -11,12 +12,40 @@ if TYPE_CHECKING:
 
 __all__ = ["OtelMetrics"]
 
+#: The same buckets as the Prometheus histogram, in seconds. The SDK's default boundaries
+#: (0, 5, 10, 25 ... 10000) are meant for milliseconds and would put every call in one bucket.
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+)
+#: Distinct ``error_type`` values per operation before new ones fold into ``other``.
+LABEL_VALUE_CAP = 100
+
 
 class OtelMetrics:
     """The guide's metrics as OpenTelemetry instruments: ``billing_operation`` (counter,
     exported as ``billing_operation_total``), ``billing_operation_duration`` (histogram, seconds),
     ``billing_operation_errors``, ``billing_invariant_violation``, ``billing_idempotent_retry``,
-    ``invariantkit_sink_errors`` and ``invariantkit_sink_dropped``; same labels as Prometheus.
+    ``invariantkit_sink_errors``, ``invariantkit_sink_dropped`` and the gauge
+    ``pg_constraint_exists``; same labels and duration buckets as Prometheus, so an OTLP
+    pipeline into Mimir gives the same series names (``_total``, ``_seconds`` are added by the
+    Prometheus naming of OTLP metrics).
+
+    Args:
+        meter_provider: the ``MeterProvider`` to create the instruments in; default the global
+            one. Reconfiguring with the same provider reuses its instruments.
 
     Example:
         >>> import invariantkit as ik
@@ -35,7 +64,10 @@ class OtelMetrics:
             "billing_operation", description="Billing operations by outcome."
         )
         self.duration = meter.create_histogram(
-            "billing_operation_duration", unit="s", description="Duration of billing operations."
+            "billing_operation_duration",
+            unit="s",
+            description="Duration of billing operations.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
         )
         self.errors = meter.create_counter(
             "billing_operation_errors", description="Failed operations by exception class."
@@ -52,7 +84,14 @@ class OtelMetrics:
         self.sink_dropped = meter.create_counter(
             "invariantkit_sink_dropped", description="Dropped signals."
         )
+        self.constraints = meter.create_gauge(
+            "pg_constraint_exists",
+            description="1 when the database constraint or unique index exists, 0 when missing.",
+        )
         self._attrs: dict[tuple[str, str], dict[str, str]] = {}
+        self._error_attrs: dict[tuple[str, str], dict[str, str]] = {}
+        self._error_types: dict[str, set[str]] = {}
+        self._lock = threading.Lock()
 
     def _op_attrs(self, name: str, outcome: str) -> dict[str, str]:
         key = (name, outcome)
@@ -68,8 +107,10 @@ class OtelMetrics:
             self.operations.add(1, attrs)
             self.duration.record(record.duration or 0.0, attrs)
             if record.status == "failure":
-                error_type = type(record.exception).__name__ if record.exception else "Error"
-                self.errors.add(1, {"operation": record.name, "error_type": error_type})
+                error_type = (
+                    type(record.exception).__name__ if record.exception is not None else "Error"
+                )
+                self.errors.add(1, self._errors_attrs(record.name, error_type))
         elif kind == "violation":
             decl: Any = record.declaration
             if decl is not None:
@@ -87,10 +128,30 @@ class OtelMetrics:
                     self.operations.add(0, self._op_attrs(decl.name, outcome))
             elif decl.kind == "idempotent":
                 self.retries.add(0, {"operation": decl.name})
+        elif kind == "constraint":
+            self.constraints.set(
+                1 if record.status == "present" else 0, {"constraint": record.name}
+            )
         elif kind == "sink_error":
             self.sink_errors.add(record.attributes.get("count", 1), {"sink": record.name})
         elif kind == "sink_dropped":
             self.sink_dropped.add(record.attributes.get("count", 1), {"sink": record.name})
+
+    def _errors_attrs(self, name: str, error_type: str) -> dict[str, str]:
+        attrs = self._error_attrs.get((name, error_type))
+        if attrs is not None:
+            return attrs
+        with self._lock:
+            seen = self._error_types.setdefault(name, set())
+            if error_type not in seen and len(seen) >= LABEL_VALUE_CAP:
+                label = "other"
+            else:
+                seen.add(error_type)
+                label = error_type
+            attrs = {"operation": name, "error_type": label}
+            if label != "other":
+                self._error_attrs[(name, error_type)] = attrs
+            return attrs
 
     @staticmethod
     def _violation_attrs(decl: Any, test: bool) -> dict[str, str]:

@@ -1,0 +1,501 @@
+"""Sink behaviour: isolation of a failing sink, OtelMetrics through the SDK, JsonLogs lines,
+OtelTraces span events, Memory."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.trace import StatusCode
+
+import invariantkit as ik
+from invariantkit import billing
+from invariantkit._record import Record
+from invariantkit.sinks._otel_metrics import DURATION_BUCKETS
+from invariantkit.testing import Signals, capture_signals
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+
+class Boom(RuntimeError):
+    pass
+
+
+class RaisingSink:
+    """A sink whose backend is broken: every emit raises."""
+
+    name: ClassVar[str] = "raising"
+    deferred: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def emit(self, record: Record) -> None:
+        if record.kind in ("declare", "sink_error", "sink_dropped"):
+            return
+        self.calls += 1
+        raise Boom("backend exploded")
+
+    def flush(self, timeout: float) -> bool:
+        raise Boom("flush exploded")
+
+    def shutdown(self, timeout: float) -> bool:
+        raise Boom("shutdown exploded")
+
+
+class RaisingDeferredSink(RaisingSink):
+    name: ClassVar[str] = "raising_deferred"
+    deferred: ClassVar[bool] = True
+
+
+class PaymentDeclined(Exception):
+    pass
+
+
+# ------------------------------------------------------------------------------ isolation
+
+
+class TestIsolation:
+    @pytest.mark.parametrize("sink_class", [RaisingSink, RaisingDeferredSink])
+    def test_a_raising_sink_is_counted_and_never_reaches_the_caller(
+        self, sink_class: type[RaisingSink], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Its failures are counted per sink, logged once; every other sink still gets each
+        signal; the caller sees its own result and its own exception."""
+        broken = sink_class()
+        with capture_signals(extra_sinks=(broken,)) as signals:  # type: ignore[arg-type]
+
+            @ik.billing_operation("renewal", user_facing=True)
+            def renew(fail: bool) -> str:
+                if fail:
+                    raise PaymentDeclined("declined")
+                return "ok"
+
+            original: list[BaseException] = []
+            with ik.identify("user_1"):
+                assert renew(False) == "ok"
+                try:
+                    renew(True)
+                except PaymentDeclined as exc:
+                    original.append(exc)
+                assert ik.assert_invariant(False, billing.NO_DOUBLE_CHARGE) is False
+            assert len(original) == 1
+            assert str(original[0]) == "declined"
+            assert signals.metric("invariantkit_sink_errors_total", sink=broken.name) == 5
+            assert broken.calls == 5  # 2 starts, 2 ends, 1 violation
+            # Every other sink got everything.
+            assert len(signals.spans) == 3
+            assert len(signals.sentry_events) == 2
+            assert len(signals.posthog_events) == 3
+            assert len(signals.logs) == 5
+            assert signals.metric("billing_operation_total", operation="renewal") == 2
+            signals.assert_correlated()
+        warnings = [r for r in caplog.records if "sink 'raising" in r.getMessage()]
+        assert len(warnings) == 1
+        assert "Boom" in warnings[0].getMessage()
+
+    def test_flush_and_shutdown_of_a_raising_sink_return_false(self) -> None:
+        """``ik.flush`` never raises; it reports that not everything was handed over."""
+        broken = RaisingSink()
+        memory = ik.sinks.Memory()
+        try:
+            ik.configure(sinks=[broken, memory])
+            ik.assert_invariant(False, billing.NO_DOUBLE_CHARGE)
+            assert ik.flush(1.0) is False
+            assert sorted(r.kind for r in memory.records) == [
+                "sink_error",
+                "sink_error",
+                "violation",
+            ]
+        finally:
+            assert ik.shutdown(1.0) is False
+
+    def test_a_sink_that_raises_base_exception_subclasses_of_exception_only(self) -> None:
+        """Isolation covers ``Exception`` from sinks; the business exception stays intact even
+        when every sink fails on the failure path."""
+        with capture_signals(
+            traces=False, metrics=False, sentry=False, posthog=False, extra_sinks=(RaisingSink(),)
+        ):
+
+            @ik.billing_operation("renewal")
+            def renew() -> None:
+                raise PaymentDeclined("x")
+
+            with pytest.raises(PaymentDeclined, match="x"):
+                renew()
+
+
+# ------------------------------------------------------------------------------ OtelMetrics
+
+
+@pytest.fixture
+def otel_metrics() -> Iterator[tuple[InMemoryMetricReader, MeterProvider]]:
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    try:
+        yield reader, provider
+    finally:
+        provider.shutdown()
+
+
+def collect(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
+    """Metric name -> data points."""
+    out: dict[str, list[Any]] = {}
+    data = reader.get_metrics_data()
+    if data is None:
+        return out
+    for resource_metrics in data.resource_metrics:
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                out.setdefault(metric.name, []).extend(metric.data.data_points)
+    return out
+
+
+def point(points: list[Any], **labels: str) -> Any:
+    [match] = [p for p in points if all(p.attributes.get(k) == v for k, v in labels.items())]
+    return match
+
+
+class TestOtelMetrics:
+    def test_operations_violations_and_zero_series(
+        self, otel_metrics: tuple[InMemoryMetricReader, MeterProvider]
+    ) -> None:
+        """Counts, error types, the duration histogram in seconds, series at zero when declared."""
+        reader, provider = otel_metrics
+        with capture_signals(extra_sinks=(ik.sinks.OtelMetrics(provider),)):
+
+            @ik.billing_operation("renewal")
+            def renew(seconds: float) -> None:
+                if seconds < 0:
+                    raise PaymentDeclined
+                time.sleep(seconds)
+
+            @ik.billing_operation("declared_only")
+            def declared_only() -> None:
+                return None
+
+            renew(0.0)
+            renew(0.03)
+            with pytest.raises(PaymentDeclined):
+                renew(-1)
+            ik.assert_invariant(False, billing.NO_DOUBLE_CHARGE)
+            metrics = collect(reader)
+        ops = metrics["billing_operation"]
+        assert point(ops, operation="renewal", outcome="success").value == 2
+        assert point(ops, operation="renewal", outcome="failure").value == 1
+        assert point(ops, operation="declared_only", outcome="success").value == 0
+        errors = metrics["billing_operation_errors"]
+        assert point(errors, operation="renewal", error_type="PaymentDeclined").value == 1
+        hist = point(metrics["billing_operation_duration"], operation="renewal", outcome="success")
+        assert tuple(hist.explicit_bounds) == DURATION_BUCKETS
+        assert hist.count == 2
+        # 0.0 s in the first bucket, 0.03 s in (0.025, 0.05]: seconds, not milliseconds.
+        assert hist.bucket_counts[0] == 1
+        assert hist.bucket_counts[DURATION_BUCKETS.index(0.05)] == 1
+        violations = metrics["billing_invariant_violation"]
+        assert point(violations, invariant="NO_DOUBLE_CHARGE", test="false").value == 1
+        assert point(violations, invariant="CANCELED_NEVER_CHARGED").value == 0
+
+    def test_sink_errors_and_constraints(
+        self, otel_metrics: tuple[InMemoryMetricReader, MeterProvider]
+    ) -> None:
+        """Sink errors are counted per sink; constraint checks set the gauge."""
+        reader, provider = otel_metrics
+        sink = ik.sinks.OtelMetrics(provider)
+        now = time.time()
+        sink.emit(
+            Record("sink_error", "posthog", "error", "", "", None, now, attributes={"count": 2})
+        )
+        sink.emit(Record("constraint", "payments_idx", "present", "", "", None, now))
+        sink.emit(Record("constraint", "refunds_idx", "missing", "", "", None, now))
+        metrics = collect(reader)
+        assert point(metrics["invariantkit_sink_errors"], sink="posthog").value == 2
+        gauge = metrics["pg_constraint_exists"]
+        assert point(gauge, constraint="payments_idx").value == 1
+        assert point(gauge, constraint="refunds_idx").value == 0
+
+    def test_error_types_are_bounded(
+        self, otel_metrics: tuple[InMemoryMetricReader, MeterProvider]
+    ) -> None:
+        """More than 100 exception classes fold into ``other``: series stay bounded."""
+        reader, provider = otel_metrics
+        sink = ik.sinks.OtelMetrics(provider)
+        for i in range(150):
+            exc = type(f"Error{i}", (Exception,), {})()
+            sink.emit(
+                Record("operation", "renewal", "failure", "", "", None, 0.0, 0.1, exception=exc)
+            )
+        points = collect(reader)["billing_operation_errors"]
+        assert len(points) == 101
+        assert point(points, error_type="other").value == 50
+
+    def test_configure_twice_with_one_provider_reuses_instruments(
+        self,
+        otel_metrics: tuple[InMemoryMetricReader, MeterProvider],
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        """Reconfiguring creates no duplicate instrument (no SDK conflict warning) and counts on."""
+        reader, provider = otel_metrics
+
+        @ik.billing_operation("renewal")
+        def renew() -> None:
+            return None
+
+        try:
+            for _ in range(3):
+                ik.configure(sinks=[ik.sinks.OtelMetrics(provider)])
+                renew()
+        finally:
+            ik.shutdown()
+        assert not [r for r in caplog.records if r.name.startswith("opentelemetry")]
+        ops = collect(reader)["billing_operation"]
+        assert point(ops, operation="renewal", outcome="success").value == 3
+
+
+# ------------------------------------------------------------------------------ JsonLogs
+
+
+@pytest.fixture
+def json_stream() -> Iterator[tuple[logging.Logger, io.StringIO]]:
+    """A logger writing through ``ik.JsonFormatter`` to a stream, as a service would set it up."""
+    logger = logging.getLogger("invariantkit.test_sinks")
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(ik.JsonFormatter())
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    try:
+        yield logger, stream
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)
+        logger.propagate = True
+
+
+def lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+class TestJsonLogs:
+    def test_operation_lines(self, json_stream: tuple[logging.Logger, io.StringIO]) -> None:
+        """Start at debug, end at info (error on failure), one JSON object per line."""
+        logger, stream = json_stream
+        with capture_signals(extra_sinks=(ik.sinks.JsonLogs(logger),)) as signals:
+
+            @ik.billing_operation("renewal", attributes={"tier": "plus"})
+            def renew(fail: bool) -> None:
+                if fail:
+                    raise PaymentDeclined("card 4242 4242 4242 4242 declined")
+
+            with ik.identify("user_42"):
+                renew(False)
+                with pytest.raises(PaymentDeclined):
+                    renew(True)
+            ok_span, failed_span = signals.spans
+        start, end, fstart, fend = lines(stream)
+        ok_tid = format(ok_span.context.trace_id, "032x")
+        assert start == {
+            "timestamp": start["timestamp"],
+            "level": "debug",
+            "logger": "invariantkit",
+            "event": "operation.start",
+            "service": "test",
+            "environment": "test",
+            "trace_id": ok_tid,
+            "span_id": format(ok_span.context.span_id, "016x"),
+            "user_id": "user_42",
+            "operation": "renewal",
+            "domain": "billing",
+            "attributes": {"tier": "plus"},
+        }
+        assert start["timestamp"].endswith("+00:00")
+        assert (end["level"], end["event"], end["outcome"]) == ("info", "operation.end", "success")
+        assert end["trace_id"] == ok_tid
+        assert isinstance(end["duration_ms"], float)
+        assert (fstart["level"], fend["level"], fend["outcome"]) == ("debug", "error", "failure")
+        assert fend["trace_id"] == format(failed_span.context.trace_id, "032x")
+        assert fend["error_type"] == "PaymentDeclined"
+        assert "4242 4242 4242 4242" in fend["error_message"] or fend["error_message"]
+
+    def test_violation_line(self, json_stream: tuple[logging.Logger, io.StringIO]) -> None:
+        """Violations are CRITICAL (WARNING in alert test mode) with the invariant's fields."""
+        logger, stream = json_stream
+        with capture_signals(extra_sinks=(ik.sinks.JsonLogs(logger),)):
+            ik.assert_invariant(
+                False,
+                billing.NO_DOUBLE_CHARGE,
+                tags={"subscription_id": "sub_1"},
+                extra={"charges_today": 2},
+            )
+        [line] = lines(stream)
+        assert line["level"] == "critical"
+        assert line["event"] == "invariant.violated"
+        assert line["invariant"] == "NO_DOUBLE_CHARGE"
+        assert line["type"] == "double_charge"
+        assert line["severity"] == "critical"
+        assert line["team"] == "billing"
+        assert line["tags"] == {"subscription_id": "sub_1"}
+        assert line["extra"] == {"charges_today": 2}
+        with capture_signals(test_mode=True, extra_sinks=(ik.sinks.JsonLogs(logger),)):
+            ik.report_violation(billing.NO_DOUBLE_CHARGE)
+
+    def test_logger_level_filters_lines(
+        self, json_stream: tuple[logging.Logger, io.StringIO]
+    ) -> None:
+        """At INFO the debug start line is not even built; end lines still are."""
+        logger, stream = json_stream
+        logger.setLevel(logging.INFO)
+        with capture_signals(traces=False, extra_sinks=(ik.sinks.JsonLogs(logger),)):
+
+            @ik.billing_operation("renewal")
+            def renew() -> None:
+                return None
+
+            renew()
+        assert [line["event"] for line in lines(stream)] == ["operation.end"]
+
+    def test_structured_fields_on_the_log_record(self) -> None:
+        """Structured handlers read ``record.invariantkit``; the message is the same JSON."""
+        seen: list[logging.LogRecord] = []
+
+        class Keep(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                seen.append(record)
+
+        logger = logging.getLogger("invariantkit.test_structured")
+        logger.addHandler(Keep())
+        logger.setLevel(logging.INFO)
+        sink = ik.sinks.JsonLogs(logger)
+        record = Record("event", "subscription_started", "tracked", "ab" * 16, "cd" * 8, "u1", 1e9)
+        sink.emit(record)
+        [log_record] = seen
+        fields = log_record.invariantkit  # type: ignore[attr-defined]
+        assert json.loads(log_record.getMessage()) == fields
+        assert fields["event"] == "product.event"
+        assert fields["name"] == "subscription_started"
+        assert log_record.created == 1e9
+        assert log_record.levelno == logging.INFO
+
+    def test_formatter_renders_other_records_as_json(self) -> None:
+        """``JsonFormatter`` on a record that is not ours still writes one JSON line."""
+        formatter = ik.JsonFormatter()
+        try:
+            raise ValueError("bad")
+        except ValueError:
+            import sys
+
+            record = logging.LogRecord(
+                "app", logging.ERROR, __file__, 1, "hello %s", ("world",), sys.exc_info()
+            )
+        fields = json.loads(formatter.format(record))
+        assert fields["message"] == "hello world"
+        assert fields["level"] == "error"
+        assert fields["logger"] == "app"
+        assert "ValueError: bad" in fields["exception"]
+
+    def test_lines_drained_at_shutdown_keep_the_service(self) -> None:
+        """Lines still queued when ``ik.shutdown`` runs carry the configured service name."""
+        kept: list[str] = []
+
+        class Keep(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                kept.append(record.getMessage())
+
+        logger = logging.getLogger("invariantkit.test_shutdown")
+        handler = Keep()
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        release = threading.Event()
+
+        class Slow:
+            name: ClassVar[str] = "slow"
+            deferred: ClassVar[bool] = True
+
+            def emit(self, record: Record) -> None:
+                release.wait(5)
+
+            def flush(self, timeout: float) -> bool:
+                return True
+
+            def shutdown(self, timeout: float) -> bool:
+                return True
+
+        try:
+            ik.configure(service="billing-api", sinks=[Slow(), ik.sinks.JsonLogs(logger)])
+            ik.assert_invariant(False, billing.NO_DOUBLE_CHARGE)
+            release.set()
+            ik.shutdown(5.0)
+        finally:
+            logger.removeHandler(handler)
+        [line] = [json.loads(x) for x in kept]
+        assert line["service"] == "billing-api"
+
+    def test_bad_logger_argument(self) -> None:
+        """A logger must be a name or a ``logging.Logger``."""
+        with pytest.raises(TypeError, match="must be a logger name or a logging.Logger"):
+            ik.sinks.JsonLogs(logger=42)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------ OtelTraces
+
+
+class TestOtelTraces:
+    def test_violation_inside_an_operation_marks_its_span(self, signals: Signals) -> None:
+        """``invariant.violated`` event with the tags, span status ERROR, one span."""
+
+        @ik.billing_operation("renewal")
+        def renew() -> None:
+            ik.assert_invariant(False, billing.NO_DOUBLE_CHARGE, tags={"subscription_id": "s1"})
+
+        renew()
+        [span] = signals.spans
+        assert span.name == "billing.renewal"
+        [event] = [e for e in span.events if e.name == "invariant.violated"]
+        assert (event.attributes or {})["invariant.name"] == "NO_DOUBLE_CHARGE"
+        assert (event.attributes or {})["invariant.tag.subscription_id"] == "s1"
+        assert span.status.status_code is StatusCode.ERROR
+
+    def test_track_adds_a_span_event(self, signals: Signals) -> None:
+        """Product events are span events of the current operation too."""
+
+        @ik.billing_operation("signup")
+        def signup() -> None:
+            ik.track("subscription_started", tier="plus", amount=5.0)
+
+        signup()
+        [span] = signals.spans
+        [event] = [e for e in span.events if e.name == "subscription_started"]
+        assert dict(event.attributes or {}) == {"tier": "plus", "amount": 5.0}
+
+    def test_tracing_configured(self) -> None:
+        """An SDK provider counts as tracing; the API's no-op ones do not."""
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+
+        from invariantkit.sinks._otel import tracing_configured
+
+        assert tracing_configured(TracerProvider())
+        assert not tracing_configured(trace.NoOpTracerProvider())
+        assert not tracing_configured(trace.ProxyTracerProvider())
+
+
+class TestMemory:
+    def test_keeps_records_but_not_declarations(self) -> None:
+        """Declarations are noise for assertions; everything else is kept in order."""
+        sink = ik.sinks.Memory()
+        sink.emit(Record("declare", "X", "declared", "", "", None, 0.0))
+        sink.emit(Record("event", "e", "tracked", "", "", None, 0.0))
+        assert [r.kind for r in sink.records] == ["event"]
+        sink.clear()
+        assert sink.records == []
+        assert sink.flush(0) and sink.shutdown(0)
+        assert isinstance(sink, ik.sinks.Sink)
