@@ -108,7 +108,11 @@ def test_public_name_has_docstring_with_example(
     if inspect.isclass(obj) or inspect.isroutine(obj) or inspect.ismodule(obj):
         doc = obj.__doc__  # a class's own docstring, never an inherited one
     else:
+        # Data has no docstring of its own at runtime (``obj.__doc__`` is its class's): read the
+        # attribute docstring; a callable instance may also rely on what ``help()`` shows.
         doc = _static_docstring(griffe_package, module_name, name)
+        if not doc and callable(obj):
+            doc = obj.__doc__
     assert doc, f"{module_name}.{name} has no docstring"
     assert _has_example(doc), f"{module_name}.{name}: docstring has no example (>>> or ```)"
 
