@@ -197,9 +197,9 @@ class TestMissingSdkNamedExplicitly:
     @pytest.mark.parametrize(
         ("module", "build", "extra"),
         [
-            ("sentry_sdk", lambda: ik.sinks.Sentry(), "sentry"),
-            ("posthog", lambda: ik.sinks.PostHog(), "posthog"),
-            ("prometheus_client", lambda: ik.sinks.PrometheusMetrics(), "prometheus"),
+            ("sentry_sdk", ik.sinks.Sentry, "sentry"),
+            ("posthog", ik.sinks.PostHog, "posthog"),
+            ("prometheus_client", ik.sinks.PrometheusMetrics, "prometheus"),
         ],
     )
     def test_raises_sink_unavailable_naming_the_extra(

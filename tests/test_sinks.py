@@ -441,7 +441,7 @@ class TestJsonLogs:
 
     def test_bad_logger_argument(self) -> None:
         """A logger must be a name or a ``logging.Logger``."""
-        with pytest.raises(TypeError, match="must be a logger name or a logging.Logger"):
+        with pytest.raises(TypeError, match=r"must be a logger name or a logging\.Logger"):
             ik.sinks.JsonLogs(logger=42)  # type: ignore[arg-type]
 
 
@@ -497,5 +497,6 @@ class TestMemory:
         assert [r.kind for r in sink.records] == ["event"]
         sink.clear()
         assert sink.records == []
-        assert sink.flush(0) and sink.shutdown(0)
+        assert sink.flush(0)
+        assert sink.shutdown(0)
         assert isinstance(sink, ik.sinks.Sink)
