@@ -9,6 +9,7 @@ import os
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
+    from invariantkit._config import Config
     from invariantkit._record import Record
 
 __all__ = ["JsonFormatter", "JsonLogs"]
@@ -37,29 +38,29 @@ def _level_and_event(record: Record) -> tuple[int, str]:
     return level, event
 
 
-def _service_and_environment() -> tuple[str, str]:
+def _active_config() -> Config:
     # Read, never configure: this runs on the background worker, also while shutdown() drains it.
-    from invariantkit._config import STATE
+    from invariantkit._config import STATE, Config
 
     config = STATE.config or STATE.last_config
     if config is not None:
-        return config.service, config.environment
-    return (
-        os.environ.get("OTEL_SERVICE_NAME") or "unknown_service",
-        os.environ.get("INVARIANTKIT_ENVIRONMENT") or "production",
+        return config
+    return Config(
+        service=os.environ.get("OTEL_SERVICE_NAME") or "unknown_service",
+        environment=os.environ.get("INVARIANTKIT_ENVIRONMENT") or "production",
     )
 
 
 def record_fields(record: Record, level: int, event: str) -> dict[str, Any]:
     """The JSON fields of one log line for ``record``."""
-    service, environment = _service_and_environment()
+    config = _active_config()
     fields: dict[str, Any] = {
         "timestamp": dt.datetime.fromtimestamp(record.timestamp, tz=dt.timezone.utc).isoformat(),
         "level": logging.getLevelName(level).lower(),
         "logger": "invariantkit",
         "event": event,
-        "service": service,
-        "environment": environment,
+        "service": config.service,
+        "environment": config.environment,
         "trace_id": record.trace_id,
         "span_id": record.span_id,
         "user_id": record.user_id,
@@ -96,10 +97,10 @@ def record_fields(record: Record, level: int, event: str) -> dict[str, Any]:
     if record.extra:
         fields["extra"] = dict(record.extra)
     if record.exception is not None:
-        from invariantkit._safe import safe_str
+        from invariantkit._safe import scrubbed_str
 
         fields["error_type"] = type(record.exception).__name__
-        fields["error_message"] = safe_str(record.exception, 1000)
+        fields["error_message"] = scrubbed_str(record.exception, config.scrubber, 1000)
     return fields
 
 
