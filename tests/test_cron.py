@@ -9,7 +9,7 @@ import logging
 import math
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytest
 import sentry_sdk
@@ -495,8 +495,8 @@ class TestMisuse:
         """A sink that raises on every record: the job's result and gauges are unaffected."""
 
         class Broken:
-            name = "broken"
-            deferred = False
+            name: ClassVar[str] = "broken"
+            deferred: ClassVar[bool] = False
 
             def emit(self, record: ik.Record) -> None:
                 raise RuntimeError("sink down")

@@ -15,7 +15,7 @@ import re
 import threading
 import urllib.parse
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -259,8 +259,9 @@ class PrometheusMetrics:
       group with ``pushadd`` survive) under the grouping key ``job=<cron name>`` plus
       ``grouping_key``. No ``instance`` label by default: a Kubernetes CronJob pod has a new
       hostname every run, and each would leave a group behind forever, whose stale timestamp
-      keeps the Missing alert firing. The push is bounded by ``push_timeout`` and never raises;
-      a failure is logged once and counted in ``invariantkit_sink_dropped_total{sink="prometheus"}``.
+      keeps the Missing alert firing. ``user:password@`` in the URL is sent as HTTP basic auth.
+      The push is bounded by ``push_timeout`` and never raises; a failure is logged once and
+      counted in ``invariantkit_sink_dropped_total{sink="prometheus"}``.
     - ``textfile``: when a run ends, the cron gauges are written atomically (temp file + rename)
       to this ``.prom`` path for node-exporter's textfile collector. Put ``{cron}`` in the path
       to write one file per job (``/var/lib/node_exporter/textfile/cron_{cron}.prom``);
@@ -316,6 +317,7 @@ class PrometheusMetrics:
             registry if registry is not None else prometheus_client.REGISTRY
         )
         self.pushgateway = pushgateway
+        self._push_url, self._push_auth = _split_credentials(pushgateway)
         self.textfile = textfile
         self.families = _families(self.registry)
         self._ops: dict[str, _OpChildren] = {}
@@ -449,17 +451,28 @@ class PrometheusMetrics:
         assert self.pushgateway is not None
         try:
             from prometheus_client import pushadd_to_gateway
+            from prometheus_client.exposition import basic_auth_handler, default_handler
 
             view = _View([*self.families.shared(), *gauges.all()])
+            auth = self._push_auth
+
+            def handler(
+                url: str, method: str, timeout: float | None, headers: Any, data: bytes
+            ) -> Callable[[], None]:
+                if auth is None:
+                    return default_handler(url, method, timeout, headers, data)
+                return basic_auth_handler(url, method, timeout, headers, data, *auth)
+
             pushadd_to_gateway(
-                self.pushgateway,
+                self._push_url,
                 job=cron,
                 registry=view,
                 grouping_key=dict(self.grouping_key) or None,
                 timeout=self.push_timeout,
+                handler=handler,
             )
         except Exception as exc:
-            self._export_failed("pushgateway", _redacted(self.pushgateway), exc)
+            self._export_failed("Pushgateway", _redacted(self.pushgateway), exc)
 
     def _write_textfile(self, cron: str) -> None:
         """Write the cron gauges atomically for node-exporter; never raises."""
@@ -487,7 +500,7 @@ class PrometheusMetrics:
                 logger.warning(
                     "invariantkit: writing cron metrics to the %s at %s failed (%s: %s); the run's "
                     "metrics are lost there. Further failures are only counted in "
-                    "invariantkit_sink_dropped_total{sink=%r}",
+                    'invariantkit_sink_dropped_total{sink="%s"}',
                     what,
                     where,
                     type(exc).__name__,
@@ -503,6 +516,21 @@ class PrometheusMetrics:
 
     def shutdown(self, timeout: float) -> bool:
         return True
+
+
+def _split_credentials(url: str | None) -> tuple[str, tuple[str, str] | None]:
+    """``url`` without its ``user:password@`` part, and that part for HTTP basic auth."""
+    if url is None:
+        return "", None
+    parts = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
+    if parts.username is None:
+        return url, None
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    bare = urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, ""))
+    user = urllib.parse.unquote(parts.username)
+    return bare, (user, urllib.parse.unquote(parts.password or ""))
 
 
 def _check_pushgateway(url: object) -> None:
