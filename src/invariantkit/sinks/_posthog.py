@@ -84,6 +84,8 @@ class PostHog:
 
     name: ClassVar[str] = "posthog"
     deferred: ClassVar[bool] = True
+    #: The bounded options of the client invariantkit builds; pass them to your own client too.
+    CLIENT_DEFAULTS: ClassVar[dict[str, Any]] = CLIENT_DEFAULTS
 
     def __init__(self, client: Any = None) -> None:
         try:
