@@ -35,6 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 SKIP_MARKER = "<!-- skip-example -->"
 OPTIONFLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
+#: Reporting only: after a failing example, the rest of that docstring usually fails with it.
+REPORT = doctest.REPORT_ONLY_FIRST_FAILURE
 RUN_LANGUAGES = {"python", "py", "python3"}
 DOCTEST_LANGUAGES = {"pycon"}
 
@@ -75,7 +77,7 @@ def _run_doctest(test: doctest.DocTest) -> str | None:
     test = copy.copy(test)
     test.globs = dict(test.globs)
     out = io.StringIO()
-    runner = doctest.DocTestRunner(optionflags=OPTIONFLAGS)
+    runner = doctest.DocTestRunner(optionflags=OPTIONFLAGS | REPORT)
     with capture_signals():
         result = runner.run(test, out=out.write)
     return out.getvalue() if result.failed else None
@@ -157,7 +159,7 @@ def _run_block(block: Block, namespace: dict[str, object]) -> None:
             block.code, namespace, block.where, str(block.path), block.line - 1
         )
         out = io.StringIO()
-        runner = doctest.DocTestRunner(optionflags=OPTIONFLAGS)
+        runner = doctest.DocTestRunner(optionflags=OPTIONFLAGS | REPORT)
         result = runner.run(test, out=out.write, clear_globs=False)
         if result.failed:
             pytest.fail(f"example at {block.where} failed:\n{out.getvalue()}", pytrace=False)

@@ -12,11 +12,16 @@ The file also runs (under ``capture_signals()``), so every line is true at runti
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from typing import TYPE_CHECKING, Any
 
+import sentry_sdk
+
 import invariantkit as ik
 from invariantkit import billing
+from invariantkit.sentry import BeforeSend, before_send, make_before_send
 from invariantkit.testing import Signals, capture_signals
 
 # --- configuration -----------------------------------------------------------------------------
@@ -104,6 +109,57 @@ violated: bool = ik.assert_invariant(
 )
 reported: str = ik.report_violation(billing.PERIOD_MUST_ADVANCE, tags={"subscription_id": "sub_1"})
 error: type[Exception] = ik.InvariantViolation
+
+checked_charges: bool = billing.check_no_double_charge("sub_1", 1)
+advanced: bool = billing.check_period_advanced(
+    "sub_1", dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=30)
+)
+billing.guard_chargeable("sub_1", "active")
+not_chargeable: type[ik.InvariantViolation] = billing.SubscriptionNotChargeableError
+
+# --- idempotent writes, cron jobs, constraints --------------------------------------------------
+
+db = sqlite3.connect(":memory:")
+db.execute("CREATE TABLE events (idempotency_key TEXT NOT NULL)")
+db.execute("CREATE UNIQUE INDEX events_idempotency_idx ON events (idempotency_key)")
+for _attempt in range(2):
+    with ik.idempotent_write("record_payment_event", key="renewal:sub_1:1") as write:
+        with db:
+            db.execute("INSERT INTO events VALUES ('renewal:sub_1:1')")
+duplicate: bool = write.duplicate
+ik.idempotent_write.declare("record_refund_event")
+
+present: dict[str, bool] = ik.verify_constraints(db, ["events_idempotency_idx"])
+
+renewal = ik.monitor_cron("subscription_renewal", every=dt.timedelta(days=1), max_runtime=300)
+with renewal as cron_run:
+    cron_run.processed += 2
+
+
+@renewal
+def renew_all(limit: int) -> int:
+    renewal.run.processed += limit
+    return limit
+
+
+@renewal
+async def renew_all_async(limit: int) -> int:
+    await asyncio.sleep(0)
+    return limit
+
+
+renewed_count: int = renew_all(3)
+renew_all_fn: Callable[[int], int] = renew_all
+renew_all_async_fn: Callable[[int], Coroutine[Any, Any, int]] = renew_all_async
+renewed_async: int = asyncio.run(renew_all_async(1))
+
+# --- Sentry hooks ------------------------------------------------------------------------------
+
+hook: BeforeSend = make_before_send(patterns=["/api/subscriptions"], then=before_send)
+tagged: dict[str, Any] | None = hook({"transaction": "/api/subscriptions/renew"}, {})
+if TYPE_CHECKING:  # the documented set-up type-checks (not run: it would install a global client)
+    sentry_sdk.init(dsn="https://key@o1.ingest.sentry.io/1", before_send=before_send)
+    sentry_sdk.init(dsn="https://key@o1.ingest.sentry.io/1", before_send=hook)
 
 # --- correlation and product events ------------------------------------------------------------
 
