@@ -127,11 +127,12 @@ class TestDeclaration:
         args: dict[str, Any] = {"name": "subscription_renewal", "every": 86400, "max_runtime": 300}
         args.update(kwargs)
         name = args.pop("name")
+        before = dict(ik.get_catalog().crons)
         with pytest.raises(error) as info:
             ik.monitor_cron(name, **args)
         assert message in str(info.value)
         assert "monitor_cron" in str(info.value)
-        assert "subscription_renewal" not in ik.get_catalog().crons or kwargs.get("name")
+        assert ik.get_catalog().crons == before
 
     def test_missing_after_matches_the_guides_25_hours(self) -> None:
         """A daily job is missing after 90000 s, the guide's RenewalCronMissing threshold."""
@@ -566,3 +567,13 @@ def test_checkins_and_the_exception_arrive_at_a_sentry_receiver(
     assert event["tags"]["cron"] == "subscription_renewal"
     assert event["contexts"]["trace"]["trace_id"] == failed_run.correlation_id
     assert not sentry_receiver.errors
+
+
+@given(st.floats(min_value=0.001, max_value=400 * 86400))
+def test_missing_after_is_the_generated_alerts_threshold(every: float) -> None:
+    """The Missing alert and Sentry's margin agree for every interval (one figure, two places)."""
+    from invariantkit._catalog import CronDecl
+    from invariantkit.alerts._common import cron_missing_after
+
+    decl = CronDecl("job", every, 60.0)
+    assert missing_after(decl) == cron_missing_after(decl)

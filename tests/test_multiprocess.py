@@ -123,7 +123,7 @@ def _run_app(tmp_path: Path, mode: str) -> tuple[Path, list[int]]:
 
 def _collect(metrics_dir: Path) -> dict[str, list[tuple[dict[str, str], float]]]:
     registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(metrics_dir))
+    MultiProcessCollector(registry, path=str(metrics_dir))  # type: ignore[no-untyped-call]
     samples: dict[str, list[tuple[dict[str, str], float]]] = defaultdict(list)
     for family in registry.collect():
         for sample in family.samples:

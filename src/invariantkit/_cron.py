@@ -80,7 +80,8 @@ def _seconds(owner: str, field: str, value: object) -> float:
 
 def missing_after(decl: CronDecl) -> float:
     """Seconds after its last run when a cron counts as missing: ``every`` plus the check-in
-    margin Sentry also gets (a tenth of ``every``, between 1 minute and 1 hour).
+    margin Sentry also gets (a tenth of ``every``, at least 1 minute or ``every`` if shorter, at
+    most 1 hour).
 
     For a daily job this is 90000 s (25 h), the guide's ``RenewalCronMissing`` threshold; the
     alert generator and Sentry's ``checkin_margin`` use the same figure.

@@ -25,8 +25,10 @@ _MAX_RUNTIME_MINUTES = 28 * 24 * 60
 
 def checkin_margin_seconds(every: float) -> float:
     """How late a run may start before it counts as missed: a tenth of the interval, at least
-    one minute, at most one hour (a daily job: 1 h, so "missing" means 25 h, as in the guide)."""
-    return min(max(every / 10.0, 60.0), 3_600.0)
+    one minute (or the interval itself, for jobs run more often), at most one hour. A daily job
+    gets 1 h, so "missing" means 25 h, as in the guide; the generated Missing alert uses the same
+    figure (``invariantkit.alerts``' ``cron_missing_after``)."""
+    return min(max(every / 10.0, min(every, 60.0)), 3_600.0)
 
 
 def _schedule(every: float) -> dict[str, Any]:
