@@ -577,3 +577,17 @@ def test_missing_after_is_the_generated_alerts_threshold(every: float) -> None:
 
     decl = CronDecl("job", every, 60.0)
     assert missing_after(decl) == cron_missing_after(decl)
+
+
+def test_the_failed_runs_exception_is_scrubbed(signals: Signals, renewal: Cron) -> None:
+    """A card number in the job's exception message never reaches Sentry (the same scrubbing as
+    every other exception), while the job still gets its exception unchanged."""
+    error = RenewalFailed("card 4242 4242 4242 4242 declined for jane@example.com")
+    with pytest.raises(RenewalFailed) as info, renewal:
+        raise error
+    assert str(info.value) == "card 4242 4242 4242 4242 declined for jane@example.com"
+    [event] = signals.sentry_events
+    value = event["exception"]["values"][-1]["value"]
+    assert "4242 4242 4242 4242" not in value
+    assert "jane@example.com" not in value
+    assert "declined" in value

@@ -15,7 +15,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from invariantkit._record import Record
 
-__all__ = ["capture_cron_checkin", "checkin_margin_seconds", "monitor_config", "monitor_slug"]
+__all__ = [
+    "capture_cron_checkin",
+    "checkin_margin_seconds",
+    "exception_kwargs",
+    "monitor_config",
+    "monitor_slug",
+]
 
 #: Sentry interval units we use, largest first, with their length in seconds.
 _UNITS: tuple[tuple[str, int], ...] = (("week", 604_800), ("day", 86_400), ("hour", 3_600))
@@ -64,12 +70,36 @@ def monitor_slug(name: str, sentry_slug: str | None = None) -> str:
 _STATUSES = {"in_progress": "in_progress", "ok": "ok"}
 
 
-def capture_cron_checkin(record: Record) -> None:
+def exception_kwargs(record: Record) -> dict[str, Any]:
+    """Scope arguments for the exception of a failed run: tags ``cron``, ``monitor_slug``,
+    ``trace_id`` (and ``team``, ``domain`` when declared), the run's trace context, the check-in
+    id in the ``monitor`` context, and the user."""
+    decl = record.declaration
+    slug = monitor_slug(record.name, getattr(decl, "sentry_slug", None))
+    tags: dict[str, str] = {"cron": record.name, "monitor_slug": slug, "trace_id": record.trace_id}
+    for field in ("team", "domain"):
+        value = getattr(decl, field, None)
+        if value:
+            tags[field] = value
+    kwargs: dict[str, Any] = {
+        "tags": tags,
+        "contexts": {
+            "trace": {"trace_id": record.trace_id, "span_id": record.span_id},
+            "monitor": {"slug": slug, "check_in_id": record.attributes.get("check_in_id")},
+        },
+    }
+    if record.user_id is not None:
+        kwargs["user"] = {"id": record.user_id}
+    return kwargs
+
+
+def capture_cron_checkin(record: Record, *, capture_exception: bool = True) -> None:
     """Send the check-in ``record`` describes through the current Sentry client.
 
     The Sentry sink calls this for ``cron`` records inside a scope bound to its client. For a
     failed run (status ``error``) whose exception is an ``Exception``, the exception is captured
-    first, so the issue and the failed check-in arrive together.
+    first (scrubbed like the sink's other exceptions), so the issue and the failed check-in
+    arrive together; ``capture_exception=False`` leaves that to the caller.
     """
     import sentry_sdk
     from sentry_sdk.crons import capture_checkin
@@ -81,32 +111,19 @@ def capture_cron_checkin(record: Record) -> None:
     if every:
         config = monitor_config(every, getattr(decl, "max_runtime", None) or every)
     status = _STATUSES.get(record.status, "error")
-    trace_context = {"trace_id": record.trace_id, "span_id": record.span_id}
     exc = record.exception
-    if status == "error" and isinstance(exc, Exception):
-        tags: dict[str, str] = {
-            "cron": record.name,
-            "monitor_slug": slug,
-            "trace_id": record.trace_id,
-        }
-        for field in ("team", "domain"):
-            value = getattr(decl, field, None)
-            if value:
-                tags[field] = value
-        kwargs: dict[str, Any] = {
-            "tags": tags,
-            "contexts": {
-                "trace": trace_context,
-                "monitor": {"slug": slug, "check_in_id": record.attributes.get("check_in_id")},
-            },
-        }
-        if record.user_id is not None:
-            kwargs["user"] = {"id": record.user_id}
-        sentry_sdk.capture_exception(exc, **kwargs)
+    if capture_exception and status == "error" and isinstance(exc, Exception):
+        from invariantkit._config import current_config
+        from invariantkit.sinks._sentry import _exception_scrubber
+
+        with sentry_sdk.new_scope() as scope:
+            # Exception messages and frame variables leave the process: scrub them.
+            scope.add_event_processor(_exception_scrubber(current_config().scrubber))
+            scope.capture_exception(exc, **exception_kwargs(record))
     # A forked scope carries the run's trace id into the check-in (the SDK would otherwise use
     # its own propagation context), so the check-in, its error and the run's spans share one id.
     with sentry_sdk.new_scope() as scope:
-        scope.set_context("trace", trace_context)
+        scope.set_context("trace", {"trace_id": record.trace_id, "span_id": record.span_id})
         capture_checkin(
             monitor_slug=slug,
             check_in_id=record.attributes.get("check_in_id"),
