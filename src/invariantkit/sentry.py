@@ -21,7 +21,10 @@ import logging
 import re
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
-from typing import Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, cast, overload
+
+if TYPE_CHECKING:
+    from sentry_sdk.types import Event, Hint
 
 __all__ = [
     "DEFAULT_PATTERNS",
@@ -33,17 +36,34 @@ __all__ = [
 
 logger = logging.getLogger("invariantkit")
 
-Event: TypeAlias = dict[str, Any]  # a Sentry event, as the SDK hands it to before_send
+_Dict: TypeAlias = dict[str, Any]  # an event or a hint as a plain dict
 
-BeforeSend: TypeAlias = Callable[[Event, dict[str, Any]], "Event | None"]
-"""The signature of Sentry's ``before_send`` option: return the event, or None to drop it.
 
-Example:
-    >>> from invariantkit.sentry import BeforeSend
-    >>> def keep(event, hint):
-    ...     return event
-    >>> hook: BeforeSend = keep
-"""
+class BeforeSend(Protocol):
+    """**Protocol:** a Sentry ``before_send(event, hint)`` hook: return the event, or None to drop
+    it. What :func:`make_before_send` returns and accepts as ``then``.
+
+    Typed both ways: with ``sentry_sdk.types.Event``/``Hint`` (so it type-checks as
+    ``sentry_sdk.init(before_send=...)``) and with plain dicts (so you can call it in tests).
+
+    Example:
+        >>> from invariantkit.sentry import BeforeSend, make_before_send
+        >>> hook: BeforeSend = make_before_send()
+        >>> hook({"transaction": "/api/users"}, {})
+        {'transaction': '/api/users'}
+    """
+
+    # The overlap is the point: plain dicts in, plain dicts out; Sentry's types in, Sentry's out.
+    @overload
+    def __call__(self, event: _Dict, hint: _Dict, /) -> _Dict | None: ...  # type: ignore[overload-overlap]
+    @overload
+    def __call__(self, event: Event, hint: Hint, /) -> Event | None: ...
+
+
+#: What ``then`` may be: a hook typed with plain dicts, with Sentry's types, or a BeforeSend.
+UserHook: TypeAlias = (
+    "Callable[[_Dict, _Dict], _Dict | None] | Callable[[Event, Hint], Event | None] | BeforeSend"
+)
 
 DEFAULT_PATTERNS: tuple[str, ...] = ("/api/subscriptions", "/api/cron/subscription-renewal")
 """The guide's billing routes: an event whose ``transaction`` contains one of them is billing.
@@ -134,7 +154,7 @@ def _matches(transaction: str, patterns: tuple[str | re.Pattern[str], ...]) -> b
     return False
 
 
-def _tag(event: Event, tags: dict[str, str]) -> None:
+def _tag(event: _Dict, tags: dict[str, str]) -> None:
     existing = event.get("tags")
     if isinstance(existing, Mapping):
         merged = dict(existing)
@@ -154,7 +174,7 @@ def make_before_send(
     *,
     patterns: Iterable[str | re.Pattern[str]] = DEFAULT_PATTERNS,
     tags: Mapping[str, str] = DEFAULT_TAGS,
-    then: BeforeSend | None = None,
+    then: UserHook | None = None,
 ) -> BeforeSend:
     """Build a Sentry ``before_send`` hook that tags events of billing transactions.
 
@@ -199,7 +219,7 @@ def make_before_send(
             f"before_send(event, hint) or None, not {type(then).__name__}"
         )
 
-    def before_send(event: Event, hint: dict[str, Any]) -> Event | None:
+    def hook(event: Any, hint: Any) -> Any:
         try:
             transaction = event.get("transaction")
             if isinstance(transaction, str) and _matches(transaction, checked_patterns):
@@ -210,17 +230,23 @@ def make_before_send(
             return event
         return then(event, hint)
 
-    before_send.__doc__ = (
+    hook.__doc__ = (
         "Sentry before_send built by invariantkit.sentry.make_before_send: tags "
         f"{checked_tags} when the transaction matches {checked_patterns}."
     )
-    return before_send
+    return cast("BeforeSend", hook)
 
 
 _GUIDE_HOOK: BeforeSend = make_before_send()
 
 
-def before_send(event: Event, hint: dict[str, Any]) -> Event | None:
+@overload
+def before_send(event: _Dict, hint: _Dict) -> _Dict | None: ...  # type: ignore[overload-overlap]
+@overload
+def before_send(event: Event, hint: Hint) -> Event | None: ...
+
+
+def before_send(event: Any, hint: Any) -> Any:
     """The guide's ``beforeSend``: events of billing transactions get tags ``domain=billing``
     and ``critical=true``.
 
