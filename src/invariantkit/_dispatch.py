@@ -23,7 +23,11 @@ logger = logging.getLogger("invariantkit")
 # No DSN, API key or token ever reaches a log line of ours (a sink's error message may quote one).
 install_log_filter(logger)
 
-DEFAULT_QUEUE_SIZE = 10_000
+#: Records the background worker holds before it drops (and counts) new ones. A violation inside
+#: an operation is two records (the violation and the operation's end), and PostHog's client
+#: takes about 0.2 ms per event on the worker, so a burst of 10,000 violations from 8 threads
+#: needs room for about 20,000 records; each record is about 750 bytes.
+DEFAULT_QUEUE_SIZE = 50_000
 
 
 class _Marker:
