@@ -153,6 +153,15 @@ class TestWhichInvariants:
         assert (event["message"], event["level"]) == ("TEST_INVARIANT_VIOLATION", "warning")
         assert signals.metric(VIOLATIONS, type="test_invariant_violation", test="true") == 1
 
+    def test_builtin_is_declared_again_after_a_reset(self) -> None:
+        """The built-in is back in the catalog (for the rules) each time it is needed."""
+        for _ in range(2):
+            with capture_signals() as signals:
+                get_catalog().restore(({}, {}, {}, {}, {}))
+                fire_test_alert()
+                assert "TEST_INVARIANT_VIOLATION" in get_catalog().invariants
+                assert signals.metric(VIOLATIONS, test="true") == 1
+
     def test_unknown_name(self, signals: Signals) -> None:
         """An operator's typo fails loudly, listing what is declared."""
         with pytest.raises(
