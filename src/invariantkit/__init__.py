@@ -19,10 +19,15 @@ from invariantkit._catalog import Catalog, Constraint, Invariant, get_catalog
 from invariantkit._config import Config, configure, flush, shutdown
 from invariantkit._constraints import verify_constraints
 from invariantkit._context import Binding, correlation_id, extract, identify, inject
-from invariantkit._cron import monitor_cron
+from invariantkit._cron import Cron, CronRun, monitor_cron
 from invariantkit._events import track
-from invariantkit._idempotency import DbError, idempotent_write
-from invariantkit._invariant import InvariantViolation, assert_invariant, report_violation
+from invariantkit._idempotency import DbError, IdempotentWrite, idempotent_write
+from invariantkit._invariant import (
+    InvariantViolation,
+    assert_invariant,
+    fire_test_alert,
+    report_violation,
+)
 from invariantkit._operation import Operation, OperationRun, billing_operation, operation
 from invariantkit._record import Record
 from invariantkit._safe import Scrubber
@@ -35,7 +40,10 @@ __all__ = [
     "Catalog",
     "Config",
     "Constraint",
+    "Cron",
+    "CronRun",
     "DbError",
+    "IdempotentWrite",
     "Invariant",
     "InvariantViolation",
     "JsonFormatter",
@@ -49,6 +57,7 @@ __all__ = [
     "configure",
     "correlation_id",
     "extract",
+    "fire_test_alert",
     "flush",
     "get_catalog",
     "idempotent_write",

@@ -64,6 +64,8 @@ class _Families:
     constraint_exists: Gauge
     sink_errors: Counter
     sink_dropped: Counter
+    subscription_events: Counter
+    renewal_failures: Counter
     extra: dict[str, Any]
 
     def shared(self) -> list[Any]:
@@ -77,6 +79,8 @@ class _Families:
             self.constraint_exists,
             self.sink_errors,
             self.sink_dropped,
+            self.subscription_events,
+            self.renewal_failures,
         ]
 
     def crons(self) -> dict[str, _CronGauges]:
@@ -147,8 +151,27 @@ def _families(registry: CollectorRegistry) -> _Families:
                     ["sink"],
                     registry=registry,
                 ),
+                subscription_events=Counter(
+                    "billing_subscription_events_total",
+                    "Subscription lifecycle events (started, renewed, renewal failed, canceled).",
+                    ["event"],
+                    registry=registry,
+                ),
+                renewal_failures=Counter(
+                    "billing_renewal_failures_total",
+                    "Failed renewals by reason (a bounded set; anything else is 'other').",
+                    ["reason"],
+                    registry=registry,
+                ),
                 extra={},
             )
+            # Spike alerts use increase(): every series must exist at zero before its first event.
+            from invariantkit._lifecycle import LIFECYCLE_EVENTS, RENEWAL_FAILURE_REASONS
+
+            for event in LIFECYCLE_EVENTS:
+                fams.subscription_events.labels(event)
+            for reason in sorted(RENEWAL_FAILURE_REASONS):
+                fams.renewal_failures.labels(reason)
             _FAMILIES[registry] = fams
         return fams
 
@@ -421,10 +444,27 @@ class PrometheusMetrics:
         elif kind == "declare":
             if record.declaration is not None:
                 self._declare(record.declaration)
+        elif kind == "event":
+            self._lifecycle_event(record)
         elif kind == "sink_error":
             self.families.sink_errors.labels(record.name).inc(record.attributes.get("count", 1))
         elif kind == "sink_dropped":
             self.families.sink_dropped.labels(record.name).inc(record.attributes.get("count", 1))
+
+    def _lifecycle_event(self, record: Record) -> None:
+        from invariantkit._lifecycle import (
+            LIFECYCLE_EVENTS,
+            RENEWAL_FAILED,
+            failure_reason_label,
+        )
+
+        if record.name not in LIFECYCLE_EVENTS:
+            return  # other product events are PostHog's business, not a metric
+        self.families.subscription_events.labels(record.name).inc()
+        if record.name == RENEWAL_FAILED:
+            reason = record.attributes.get("failureReason")
+            label = failure_reason_label(reason if isinstance(reason, str) else "other")
+            self.families.renewal_failures.labels(label).inc()
 
     # -- cron runs ------------------------------------------------------------------------------
 
