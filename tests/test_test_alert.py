@@ -199,11 +199,6 @@ class TestTestMode:
             ik.Invariant("LEDGER_BALANCED", type="ledger_unbalanced", summary="s")
             assert declarations.test_children() == set()
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="PrometheusMetrics._declare ignores Record.test: needs the sink change in "
-        "issue 3's report (create the test child at zero for a declare record with test=True)",
-    )
     def test_test_children_exist_at_zero(self) -> None:
         """The first test alert after a start is an increase Prometheus can see."""
         with capture_signals(test_mode=True) as signals:

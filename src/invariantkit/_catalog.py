@@ -265,6 +265,7 @@ class CronDecl:
     team: str = "platform"
     sentry_slug: str | None = None
     runbook_url: str | None = None
+    domain: str = "billing"
     kind: Literal["cron"] = field(default="cron", init=False, repr=False)
 
 

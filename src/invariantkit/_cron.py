@@ -286,12 +286,14 @@ class Cron:
         team: str = "platform",
         sentry_slug: str | None = None,
         runbook_url: str | None = None,
+        domain: str = "billing",
     ) -> None:
         owner = f"monitor_cron({name!r})" if isinstance(name, str) else "monitor_cron"
         check_name(owner, "name", name, LOWER_SNAKE, "lower_snake: [a-z][a-z0-9_]*")
         every_s = _seconds(owner, "every", every)
         max_runtime_s = _seconds(owner, "max_runtime", max_runtime)
         check_name(owner, "team", team, LABEL_VALUE, "a label value: [a-z][a-z0-9_-]*")
+        check_name(owner, "domain", domain, LABEL_VALUE, "a label value: [a-z][a-z0-9_-]*")
         if sentry_slug is not None:
             check_name(
                 owner,
@@ -308,6 +310,7 @@ class Cron:
             team=team,
             sentry_slug=monitor_slug(name, sentry_slug),
             runbook_url=runbook_url,
+            domain=domain,
         )
         get_catalog().add(self.decl)
         self._active: ContextVar[CronRun | None] = ContextVar(
@@ -431,6 +434,7 @@ def monitor_cron(
     team: str = "platform",
     sentry_slug: str | None = None,
     runbook_url: str | None = None,
+    domain: str = "billing",
 ) -> Cron:
     """Declare a cron job and monitor its runs: use the result as a context manager or decorator.
 
@@ -453,6 +457,8 @@ def monitor_cron(
         team: who is paged when it is missing or slow (alert label ``team``).
         sentry_slug: the Sentry monitor slug; default: ``name`` with hyphens.
         runbook_url: the playbook for this job's alerts.
+        domain: the product domain (Sentry tag ``domain`` of a failed run, as the guide's
+            "New Issue in Billing Code" rule expects).
 
     Raises:
         TypeError, ValueError: at declaration, naming the field and the rule.
@@ -478,4 +484,5 @@ def monitor_cron(
         team=team,
         sentry_slug=sentry_slug,
         runbook_url=runbook_url,
+        domain=domain,
     )

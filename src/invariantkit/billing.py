@@ -12,6 +12,12 @@ reports with the guide's tag names (``subscription_id``, ``charges_count``, ``st
 extra (``charge_events``, ``expected_period_end``/``actual_period_end``); the subscription id
 is a Sentry tag, a span attribute, a PostHog property and a log field, never a metric label.
 
+It also holds the guide's subscription lifecycle events for PostHog ("who was affected?"):
+:func:`subscription_started`, :func:`renewal_succeeded`, :func:`renewal_failed` and
+:func:`subscription_canceled`, counted in ``billing_subscription_events_total{event}`` and
+``billing_renewal_failures_total{reason}``, and :func:`register_health` for the
+``billing_active_subscriptions`` and ``billing_mrr`` gauges read at scrape time.
+
 Example:
     >>> from invariantkit import billing
     >>> billing.NO_DOUBLE_CHARGE.type
@@ -30,6 +36,14 @@ from typing import Any
 from invariantkit._catalog import Invariant
 from invariantkit._config import current_config
 from invariantkit._invariant import InvariantViolation, assert_invariant, report_violation
+from invariantkit._lifecycle import (
+    RENEWAL_FAILURE_REASONS,
+    register_health,
+    renewal_failed,
+    renewal_succeeded,
+    subscription_canceled,
+    subscription_started,
+)
 from invariantkit._safe import safe_str, safe_tags
 
 __all__ = [
@@ -37,10 +51,16 @@ __all__ = [
     "NOT_CHARGEABLE_STATUSES",
     "NO_DOUBLE_CHARGE",
     "PERIOD_MUST_ADVANCE",
+    "RENEWAL_FAILURE_REASONS",
     "SubscriptionNotChargeableError",
     "check_no_double_charge",
     "check_period_advanced",
     "guard_chargeable",
+    "register_health",
+    "renewal_failed",
+    "renewal_succeeded",
+    "subscription_canceled",
+    "subscription_started",
 ]
 
 NO_DOUBLE_CHARGE = Invariant(

@@ -442,8 +442,15 @@ class PrometheusMetrics:
                     1 if record.status == "present" else 0
                 )
         elif kind == "declare":
-            if record.declaration is not None:
-                self._declare(record.declaration)
+            decl = record.declaration
+            if decl is None:
+                return
+            if record.test and decl.kind == "invariant":
+                # Alert test mode: the test="true" child exists at zero before the first test
+                # alert, so increase() sees it.
+                self._violation_child(decl, test=True)
+                return
+            self._declare(decl)
         elif kind == "event":
             self._lifecycle_event(record)
         elif kind == "sink_error":
