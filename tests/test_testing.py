@@ -677,6 +677,22 @@ class TestCorrelation:
         trace_ids = {r.trace_id for r in signals.records if r.kind != "event"}
         assert len(trace_ids) == 4
 
+    def test_operations_sharing_a_trace_are_paired_one_to_one(self) -> None:
+        """Nested operations of several users in one trace: each signal is paired with its own
+        operation (by span where the backend records it), not with a neighbour's."""
+        with capture_signals() as signals:
+            with ik.billing_operation("renewal_run"):
+                for user in ("user_1", "user_2", "user_3"):
+                    with ik.identify(user):
+                        renew(f"sub_{user}", 2)
+        assert len({r.trace_id for r in signals.records}) == 1
+        signals.assert_correlated()
+        event = signals._sentry_transport.envelopes[1].items[0].payload.json
+        event["contexts"]["trace"]["span_id"] = "0" * 16
+        signals._sentry_transport.envelopes[1].items[0].payload.bytes = None
+        with pytest.raises(AssertionError, match=r"found it in this trace with span_id 0{16}"):
+            signals.assert_correlated()
+
     def test_nothing_to_correlate_fails(self) -> None:
         """An empty capture cannot pass assert_correlated()."""
         with capture_signals() as signals:
@@ -696,7 +712,7 @@ class TestCorrelation:
             ),
             (
                 lambda s: s._posthog_messages[0].update(distinct_id="someone_else"),
-                "PostHog 'invariant_violated' has distinct_id 'someone_else', expected 'user_1'",
+                "PostHog event 'invariant_violated' has distinct_id 'someone_else', expected 'user_1'",
             ),
             (
                 lambda s: s._posthog_messages[0]["properties"].update(trace_id="0" * 32),

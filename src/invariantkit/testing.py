@@ -30,7 +30,7 @@ import sys
 import threading
 import traceback
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
@@ -610,15 +610,18 @@ class Signals:
         posthog = None if "posthog" in reasons else self.posthog_events
         logs = self.logs
         problems: list[str] = []
+        used_sentry: set[int] = set()
+        used_posthog: set[int] = set()
+        used_logs: set[int] = set()
         for record in records:
             where = f"{record.kind} {record.name} (trace_id={record.trace_id})"
             if "traces" not in reasons:
                 problems.extend(_check_span(record, spans, where))
             if sentry is not None:
-                problems.extend(_check_sentry(record, sentry, where))
+                problems.extend(_check_sentry(record, sentry, used_sentry, where))
             if posthog is not None:
-                problems.extend(_check_posthog(record, posthog, where))
-            problems.extend(_check_log(record, logs, where))
+                problems.extend(_check_posthog(record, posthog, used_posthog, where))
+            problems.extend(_check_log(record, logs, used_logs, where))
         if problems:
             shown = problems[: _LIST_LIMIT * 2]
             if len(problems) > len(shown):
@@ -823,7 +826,52 @@ def _sentry_trace_id(event: Mapping[str, Any]) -> Any:
     return ((event.get("contexts") or {}).get("trace") or {}).get("trace_id")
 
 
-def _check_sentry(record: Record, events: list[dict[str, Any]], where: str) -> list[str]:
+def _pair(
+    record: Record,
+    candidates: list[dict[str, Any]],
+    used: set[int],
+    *,
+    label: str,
+    where: str,
+    trace_of: Callable[[dict[str, Any]], Any],
+    span_of: Callable[[dict[str, Any]], Any] | None,
+    user_field: str,
+    user_of: Callable[[dict[str, Any]], Any],
+    check_user: bool,
+    expected_user: Any,
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """Pair ``record`` with one not yet paired document of its trace (and span, when the
+    document says it); report a missing document or the wrong user."""
+    free = [d for d in candidates if id(d) not in used]
+    in_trace = [d for d in free if trace_of(d) == record.trace_id]
+    mine = [d for d in in_trace if span_of is None or span_of(d) == record.span_id]
+    if not mine:
+        if in_trace and span_of is not None:
+            spans = ", ".join(sorted({str(span_of(d)) for d in in_trace}))
+            message = (
+                f"{where}: no {label} with span_id {record.span_id} (found it in this trace "
+                f"with span_id {spans})"
+            )
+            return None, [message]
+        others = sorted({str(trace_of(d)) for d in free})
+        return None, [
+            f"{where}: no {label} with this trace id"
+            + (f" (found it with trace_id {', '.join(others)})" if others else "")
+        ]
+    for document in mine:
+        if not check_user or user_of(document) == expected_user:
+            used.add(id(document))
+            return document, []
+    document = mine[0]
+    used.add(id(document))
+    return document, [
+        f"{where}: {label} has {user_field} {user_of(document)!r}, expected {expected_user!r}"
+    ]
+
+
+def _check_sentry(
+    record: Record, events: list[dict[str, Any]], used: set[int], where: str
+) -> list[str]:
     if record.kind == "violation":
         candidates = [e for e in events if e.get("message") == record.name]
         label = f"Sentry message {record.name!r}"
@@ -840,25 +888,29 @@ def _check_sentry(record: Record, events: list[dict[str, Any]], where: str) -> l
         label = f"Sentry exception for operation {record.name!r}"
     else:
         return []
-    mine = [e for e in candidates if _sentry_trace_id(e) == record.trace_id]
-    if not mine:
-        others = sorted({str(_sentry_trace_id(e)) for e in candidates})
-        return [
-            f"{where}: no {label} with this trace id"
-            + (f" (found it with trace_id {', '.join(others)})" if others else "")
-        ]
-    problems = []
-    for event in mine:
+    event, problems = _pair(
+        record,
+        candidates,
+        used,
+        label=label,
+        where=where,
+        trace_of=_sentry_trace_id,
+        span_of=lambda e: ((e.get("contexts") or {}).get("trace") or {}).get("span_id"),
+        user_field="user",
+        user_of=lambda e: (e.get("user") or {}).get("id"),
+        check_user=record.user_id is not None,
+        expected_user=record.user_id,
+    )
+    if event is not None:
         tag = (event.get("tags") or {}).get("trace_id")
         if tag != record.trace_id:
             problems.append(f"{where}: {label} has tag trace_id={tag!r}")
-        user = (event.get("user") or {}).get("id")
-        if record.user_id is not None and user != record.user_id:
-            problems.append(f"{where}: {label} has user {user!r}, expected {record.user_id!r}")
     return problems
 
 
-def _check_posthog(record: Record, messages: list[dict[str, Any]], where: str) -> list[str]:
+def _check_posthog(
+    record: Record, messages: list[dict[str, Any]], used: set[int], where: str
+) -> list[str]:
     if record.kind == "violation":
         name = "invariant_violated"
     elif record.kind == "event":
@@ -868,45 +920,43 @@ def _check_posthog(record: Record, messages: list[dict[str, Any]], where: str) -
         if decl is None or not getattr(decl, "user_facing", False):
             return []
         name = f"{getattr(decl, 'event_prefix', record.name)}_{record.status}"
-    candidates = [m for m in messages if m.get("event") == name]
-    mine = [m for m in candidates if (m.get("properties") or {}).get("trace_id") == record.trace_id]
-    if not mine:
-        others = sorted({str((m.get("properties") or {}).get("trace_id")) for m in candidates})
-        return [
-            f"{where}: no PostHog event {name!r} with this trace id"
-            + (f" (found it with trace_id {', '.join(others)})" if others else "")
-        ]
-    expected = record.user_id if record.user_id is not None else record.trace_id
-    return [
-        f"{where}: PostHog {name!r} has distinct_id {m.get('distinct_id')!r}, expected {expected!r}"
-        for m in mine
-        if m.get("distinct_id") != expected
-    ]
+    return _pair(
+        record,
+        [m for m in messages if m.get("event") == name],
+        used,
+        label=f"PostHog event {name!r}",
+        where=where,
+        trace_of=lambda m: (m.get("properties") or {}).get("trace_id"),
+        span_of=None,  # PostHog events carry the trace id only
+        user_field="distinct_id",
+        user_of=lambda m: m.get("distinct_id"),
+        check_user=True,
+        expected_user=record.user_id if record.user_id is not None else record.trace_id,
+    )[1]
 
 
 _LOG_EVENTS = {"operation": "operation.end", "violation": "invariant.violated"}
 _LOG_NAME_FIELD = {"operation": "operation", "violation": "invariant", "event": "name"}
 
 
-def _check_log(record: Record, lines: list[dict[str, Any]], where: str) -> list[str]:
+def _check_log(
+    record: Record, lines: list[dict[str, Any]], used: set[int], where: str
+) -> list[str]:
     event = _LOG_EVENTS.get(record.kind, "product.event")
     field = _LOG_NAME_FIELD[record.kind]
-    candidates = [
-        line for line in lines if line.get("event") == event and line.get(field) == record.name
-    ]
-    mine = [line for line in candidates if line.get("trace_id") == record.trace_id]
-    if not mine:
-        others = sorted({str(line.get("trace_id")) for line in candidates})
-        return [
-            f"{where}: no {event} log line with this trace id"
-            + (f" (found it with trace_id {', '.join(others)})" if others else "")
-        ]
-    return [
-        f"{where}: log line {event} has user_id {line.get('user_id')!r}, "
-        f"expected {record.user_id!r}"
-        for line in mine
-        if line.get("user_id") != record.user_id
-    ]
+    return _pair(
+        record,
+        [line for line in lines if line.get("event") == event and line.get(field) == record.name],
+        used,
+        label=f"log line {event}",
+        where=where,
+        trace_of=lambda line: line.get("trace_id"),
+        span_of=lambda line: line.get("span_id"),
+        user_field="user_id",
+        user_of=lambda line: line.get("user_id"),
+        check_user=True,
+        expected_user=record.user_id,
+    )[1]
 
 
 # -- capture_signals -----------------------------------------------------------------------------
