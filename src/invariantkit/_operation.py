@@ -36,11 +36,13 @@ _OK = Status(StatusCode.OK)
 _UNSET = StatusCode.UNSET
 _perf_counter = time.perf_counter
 _time = time.time
+_get_user = USER.get
 _attach = otel_context.attach
 _detach = otel_context.detach
 _set_span_in_context = trace.set_span_in_context
 _tuple_new = tuple.__new__
 _DEBUG = logging.DEBUG
+_STATE = STATE
 _internal_errors_logged: set[str] = set()
 
 
@@ -70,10 +72,11 @@ class _Plan:
         self.name = decl.name
         self.span_name = decl.span_name
         self.attributes: Mapping[str, Any] = decl.attributes or EMPTY
-        span_attributes: dict[str, Any] = {
-            "billing.operation": decl.name,
-            "billing.domain": decl.domain,
-        }
+        # Each span attribute costs the SDK a validation on every call: only what the contract
+        # needs. The domain is already in the span name; it is repeated only when not "billing".
+        span_attributes: dict[str, Any] = {"billing.operation": decl.name}
+        if decl.domain != "billing":
+            span_attributes["billing.domain"] = decl.domain
         span_attributes.update(decl.attributes)
         self.span_attributes = span_attributes
 
@@ -97,23 +100,25 @@ class OperationRun:
         "_start",
         "_token",
         "_user",
-        "decl",
         "span_id",
         "trace_id",
     )
     _stack_token: Token[OperationRun | None]
 
+    # The hot path: keep calls and attribute stores to the minimum (see benchmarks/).
     def __init__(self, plan: _Plan, d: Dispatcher) -> None:
         self._plan = plan
-        self.decl = plan.decl
         self._dispatcher = d
         self._attributes: dict[str, Any] | None = None
-        user = self._user = USER.get()
+        user = self._user = _get_user()
         traces = d.traces
         if traces is not None:
-            span = traces.tracer.start_span(plan.span_name, attributes=plan.span_attributes)
-            if user is not None:
-                span.set_attribute("enduser.id", user)
+            if user is None:
+                span = traces.tracer.start_span(plan.span_name, attributes=plan.span_attributes)
+            else:
+                attributes = plan.span_attributes.copy()
+                attributes["enduser.id"] = user
+                span = traces.tracer.start_span(plan.span_name, attributes=attributes)
             self._span: trace.Span | None = span
             self._token: Token[otel_context.Context] | None = _attach(_set_span_in_context(span))
             self._corr_token: Token[tuple[int, int] | None] | None = None
@@ -129,11 +134,17 @@ class OperationRun:
             # Bound even when nested, so generator steps can restore exactly this run's ids.
             self._corr_token = CORRELATION.set(ids)
             self.trace_id, self.span_id = ids
-        for sink in d.log_sinks:
-            if sink.logger.isEnabledFor(_DEBUG):
-                d.emit(self._record("operation_start", "started", None, None))
-                break
+        if d.log_sinks:
+            for sink in d.log_sinks:
+                if sink.logger.isEnabledFor(_DEBUG):
+                    d.emit(self._record("operation_start", "started", None, None))
+                    break
         self._start = _perf_counter()
+
+    @property
+    def decl(self) -> OperationDecl:
+        """The operation's declaration (name, domain, user_facing, attributes)."""
+        return self._plan.decl
 
     @property
     def correlation_id(self) -> str:
@@ -202,7 +213,7 @@ class OperationRun:
     def succeed(self) -> None:
         """End the run as a success (span OK, success counter and histogram)."""
         try:
-            duration = _perf_counter() - self._start
+            end = _perf_counter()
             span = self._span
             if span is not None:
                 # Keep an ERROR set during the call (a violation, or the application itself).
@@ -210,9 +221,37 @@ class OperationRun:
                 if status is None or status.status_code is _UNSET:
                     span.set_status(_OK)
                 span.end()
-            if self._token is not None or self._corr_token is not None:
-                self._close()
-            self._dispatcher.emit(self._record("operation", "success", duration, None))
+                token = self._token
+                if token is not None:
+                    self._token = None
+                    _detach(token)
+            else:
+                corr_token = self._corr_token
+                if corr_token is not None:
+                    self._corr_token = None
+                    CORRELATION.reset(corr_token)
+            plan = self._plan
+            attrs = self._attributes
+            self._dispatcher.emit(
+                _tuple_new(
+                    Record,
+                    (
+                        "operation",
+                        plan.name,
+                        "success",
+                        self.trace_id.to_bytes(16, "big").hex(),
+                        self.span_id.to_bytes(8, "big").hex(),
+                        self._user,
+                        _time(),
+                        end - self._start,
+                        plan.attributes if not attrs else {**plan.attributes, **attrs},
+                        EMPTY,
+                        None,
+                        plan.decl,
+                        False,
+                    ),
+                )
+            )
         except Exception:
             _internal_error("operation success path")
 
@@ -335,7 +374,7 @@ class Operation:
     def __enter__(self) -> OperationRun:
         run = _begin(self._plan)
         if run is None:  # instrumentation failed: the block still runs
-            run = _NullRun(self.decl)
+            run = _NullRun(self._plan)
         run._stack_token = self._active.set(run)
         return run
 
@@ -397,8 +436,8 @@ class Operation:
 class _NullRun(OperationRun):
     """Stand-in when instrumentation itself failed: the business code still runs."""
 
-    def __init__(self, decl: OperationDecl) -> None:
-        self.decl = decl
+    def __init__(self, plan: _Plan) -> None:
+        self._plan = plan
         self._span = None
         self._token = None
         self._corr_token = None
@@ -419,7 +458,11 @@ class _NullRun(OperationRun):
 def _wrap_sync(plan: _Plan, fn: Callable[P, R]) -> Callable[P, R]:
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        run = _begin(plan)
+        try:
+            run: OperationRun | None = OperationRun(plan, _STATE.dispatcher or dispatcher())
+        except Exception:
+            run = None
+            _internal_error("operation start")
         if run is None:
             return fn(*args, **kwargs)
         try:
@@ -436,7 +479,11 @@ def _wrap_sync(plan: _Plan, fn: Callable[P, R]) -> Callable[P, R]:
 def _wrap_async(plan: _Plan, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        run = _begin(plan)
+        try:
+            run: OperationRun | None = OperationRun(plan, _STATE.dispatcher or dispatcher())
+        except Exception:
+            run = None
+            _internal_error("operation start")
         if run is None:
             return await fn(*args, **kwargs)
         try:

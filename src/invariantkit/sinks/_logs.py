@@ -38,25 +38,51 @@ def _level_and_event(record: Record) -> tuple[int, str]:
     return level, event
 
 
+_LEVEL_NAMES = {
+    logging.DEBUG: "debug",
+    logging.INFO: "info",
+    logging.WARNING: "warning",
+    logging.ERROR: "error",
+    logging.CRITICAL: "critical",
+}
+# One encoder for every line: json.dumps() with options builds a new encoder on each call.
+_ENCODER = json.JSONEncoder(default=str, ensure_ascii=False, separators=(",", ":"))
+_UTC = dt.timezone.utc
+_fromtimestamp = dt.datetime.fromtimestamp
+_FALLBACK: list[Config] = []
+
+
+_STATE: list[Any] = []  # invariantkit._config.STATE, bound on first use (import cycle)
+
+
 def _active_config() -> Config:
     # Read, never configure: this runs on the background worker, also while shutdown() drains it.
-    from invariantkit._config import STATE, Config
+    if not _STATE:
+        from invariantkit._config import STATE
 
-    config = STATE.config or STATE.last_config
+        _STATE.append(STATE)
+    state = _STATE[0]
+    config: Config | None = state.config or state.last_config
     if config is not None:
         return config
-    return Config(
-        service=os.environ.get("OTEL_SERVICE_NAME") or "unknown_service",
-        environment=os.environ.get("INVARIANTKIT_ENVIRONMENT") or "production",
-    )
+    if not _FALLBACK:
+        from invariantkit._config import Config
+
+        _FALLBACK.append(
+            Config(
+                service=os.environ.get("OTEL_SERVICE_NAME") or "unknown_service",
+                environment=os.environ.get("INVARIANTKIT_ENVIRONMENT") or "production",
+            )
+        )
+    return _FALLBACK[0]
 
 
 def record_fields(record: Record, level: int, event: str) -> dict[str, Any]:
     """The JSON fields of one log line for ``record``."""
     config = _active_config()
     fields: dict[str, Any] = {
-        "timestamp": dt.datetime.fromtimestamp(record.timestamp, tz=dt.timezone.utc).isoformat(),
-        "level": logging.getLevelName(level).lower(),
+        "timestamp": _fromtimestamp(record.timestamp, _UTC).isoformat(),
+        "level": _LEVEL_NAMES.get(level) or logging.getLevelName(level).lower(),
         "logger": "invariantkit",
         "event": event,
         "service": config.service,
@@ -137,7 +163,7 @@ class JsonLogs:
         if not event or not self.logger.isEnabledFor(level):
             return
         fields = record_fields(record, level, event)
-        line = json.dumps(fields, default=str, ensure_ascii=False, separators=(",", ":"))
+        line = _ENCODER.encode(fields)
         log_record = self.logger.makeRecord(
             self.logger.name,
             level,

@@ -1,0 +1,1082 @@
+"""invariantkit benchmarks: every ratio of DESIGN.md section 4 from one run, as a table.
+
+    .venv/bin/python benchmarks/run.py            # full run (a few minutes)
+    .venv/bin/python benchmarks/run.py --quick    # smaller samples (about a minute)
+    .venv/bin/python benchmarks/run.py --json results.json --profile
+
+Variants that are compared are measured side by side: each round runs a short batch of every
+variant in a shuffled order, and the ratio of two variants is the median of their per-round
+ratios (both saw the same machine at the same moment). See benchmarks/README.md for what each
+line measures and why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import cProfile
+import gc
+import io
+import json
+import logging
+import os
+import platform
+import pstats
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+# ---------------------------------------------------------------------------------- network guard
+# Nothing measured here may reach the network: only 127.0.0.1 is allowed. Installed before any
+# SDK is imported; every attempt is counted and reported (logfire must stay local).
+
+BLOCKED: list[str] = []
+_LOCAL_HOSTS = {"127.0.0.1", "::1", "localhost", "", None}
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+_real_getaddrinfo = socket.getaddrinfo
+
+
+def _local(address: Any) -> bool:
+    return not isinstance(address, tuple) or address[0] in _LOCAL_HOSTS
+
+
+def _guarded_connect(self: socket.socket, address: Any) -> None:
+    if self.family in (socket.AF_INET, socket.AF_INET6) and not _local(address):
+        BLOCKED.append(repr(address))
+        raise OSError(f"benchmarks: network access to {address!r} blocked")
+    _real_connect(self, address)
+
+
+def _guarded_connect_ex(self: socket.socket, address: Any) -> int:
+    if self.family in (socket.AF_INET, socket.AF_INET6) and not _local(address):
+        BLOCKED.append(repr(address))
+        return 111  # ECONNREFUSED
+    return _real_connect_ex(self, address)
+
+
+def _guarded_getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+    if host not in _LOCAL_HOSTS:
+        BLOCKED.append(f"getaddrinfo({host!r})")
+        raise socket.gaierror(f"benchmarks: name resolution of {host!r} blocked")
+    return _real_getaddrinfo(host, *args, **kwargs)
+
+
+socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
+socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
+socket.getaddrinfo = _guarded_getaddrinfo
+
+os.environ.setdefault("LOGFIRE_SEND_TO_LOGFIRE", "false")
+os.environ.setdefault("LOGFIRE_CONSOLE", "false")
+os.environ.setdefault("LOGFIRE_IGNORE_NO_CONFIG", "1")
+
+# ---------------------------------------------------------------------------------- imports
+
+import psutil  # noqa: E402
+from opentelemetry import context as otel_context  # noqa: E402
+from opentelemetry import trace  # noqa: E402
+from opentelemetry.sdk.trace import TracerProvider  # noqa: E402
+from opentelemetry.sdk.trace.export import (  # noqa: E402
+    BatchSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.trace import Status, StatusCode  # noqa: E402
+from prometheus_client import CollectorRegistry, Counter, Histogram  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+import invariantkit as ik  # noqa: E402
+from invariantkit._config import STATE, Config, swap  # noqa: E402
+from invariantkit._dispatch import Dispatcher  # noqa: E402
+from invariantkit.sinks._prometheus import DURATION_BUCKETS  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+console = Console(width=130)
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+class DiscardSpans(SpanExporter):
+    """A span exporter that counts and forgets (the cheapest real exporter)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def export(self, spans: Any) -> SpanExportResult:
+        self.count += len(spans)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return True
+
+
+def tracer_provider(max_queue_size: int = 2048) -> tuple[TracerProvider, DiscardSpans]:
+    """An SDK provider with a batch processor and a discarding exporter."""
+    exporter = DiscardSpans()
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=max_queue_size))
+    return provider, exporter
+
+
+@contextlib.contextmanager
+def discard_server() -> Iterator[int]:
+    """Start benchmarks/_discard_server.py in its own process; yield its port."""
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "_discard_server.py")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        yield int(proc.stdout.readline())
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 where nothing listens (connections are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def json_logger(name: str) -> logging.Logger:
+    """A logger writing JSON lines to /dev/null at INFO, as a service would configure it."""
+    logger = logging.getLogger(name)
+    handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 - lives for the run
+    handler.setFormatter(ik.JsonFormatter())
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return logger
+
+
+@dataclass
+class Setup:
+    """An invariantkit configuration that can be made active between batches."""
+
+    config: Config
+    dispatcher: Dispatcher
+
+    def activate(self) -> None:
+        STATE.config = self.config
+        STATE.last_config = self.config
+        STATE.dispatcher = self.dispatcher
+
+    def settle(self) -> None:
+        self.dispatcher.flush(10.0)
+
+
+def make_setup(sinks: list[Any]) -> Setup:
+    config = Config(service="bench", environment="bench", sinks=tuple(sinks))
+    dispatcher = Dispatcher(sinks)
+    swap(config, dispatcher)  # announces the catalog: label children at zero
+    return Setup(config, dispatcher)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+# ---------------------------------------------------------------------------------- harness
+
+
+@dataclass
+class Variant:
+    name: str
+    fn: Callable[[], Any]
+    batch: int
+    before: Callable[[], None] | None = None  # untimed, before each batch
+    after: Callable[[], None] | None = None  # untimed, after each batch
+    times: list[float] = field(default_factory=list)  # seconds per call, one per round
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+
+def interleave(variants: list[Variant], rounds: int, seed: int = 7) -> None:
+    """Each round: every variant runs one batch, in a shuffled order; per-call time recorded.
+
+    Batches are short (a few milliseconds, under the interpreter's 5 ms switch interval) and
+    each variant's background work (span export, our worker, SDK queues) is drained after its
+    batch, untimed: what is timed is the call path. Background CPU is measured apart.
+    """
+    rng = random.Random(seed)
+    order = list(variants)
+    perf = time.perf_counter
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for v in order:
+            if v.before is not None:
+                v.before()
+            fn = v.fn
+            loop = range(v.batch)
+            start = perf()
+            for _ in loop:
+                fn()
+            elapsed = perf() - start
+            if v.after is not None:
+                v.after()
+            v.times.append(elapsed / v.batch)
+
+
+def paired_ratio(a: Variant, b: Variant) -> float:
+    """Median over rounds of a's time / b's time in the same round."""
+    return statistics.median(x / y for x, y in zip(a.times, b.times, strict=True))
+
+
+@dataclass
+class Row:
+    measure: str
+    ours: str
+    reference: str
+    ratio: str
+    bar: str
+    met: bool | None
+    value: float | None = None
+
+
+ROWS: list[Row] = []
+RESULTS: dict[str, Any] = {}
+
+
+def us(seconds: float) -> str:
+    return f"{seconds * 1e6:.2f} µs"
+
+
+# ---------------------------------------------------------------------------------- success path
+
+
+def success_path(rounds: int) -> dict[str, Variant]:
+    """Floor, logfire, and invariantkit with each sink combination, in one interleaved run."""
+    import logfire
+    import posthog
+    import sentry_sdk
+
+    provider, _exporter = tracer_provider()
+
+    def flush_spans() -> None:
+        provider.force_flush()
+
+    # -- the floor: the SDK calls the contract requires, made directly ------------------------
+    floor_registry = CollectorRegistry()
+    tracer = provider.get_tracer("floor")
+    counter = Counter(
+        "floor_operation_total", "floor", ["operation", "outcome"], registry=floor_registry
+    ).labels("renewal", "success")
+    hist = Histogram(
+        "floor_operation_duration_seconds",
+        "floor",
+        ["operation", "outcome"],
+        buckets=DURATION_BUCKETS,
+        registry=floor_registry,
+    ).labels("renewal", "success")
+    user_var: ContextVar[str | None] = ContextVar("floor_user", default=None)
+    attrs = {"billing.operation": "renewal"}
+    ok = Status(StatusCode.OK)
+    attach, detach, set_in = otel_context.attach, otel_context.detach, trace.set_span_in_context
+    perf = time.perf_counter
+
+    def business() -> None:
+        return None
+
+    def floor() -> None:
+        token = user_var.set("user_42")
+        start = perf()
+        span = tracer.start_span("billing.renewal", attributes=attrs)
+        ctx_token = attach(set_in(span))
+        try:
+            business()
+        finally:
+            detach(ctx_token)
+        span.set_status(ok)
+        span.end()
+        counter.inc()
+        hist.observe(perf() - start)
+        user_var.reset(token)
+
+    def span_only() -> None:
+        span = tracer.start_span("billing.renewal", attributes=attrs)
+        ctx_token = attach(set_in(span))
+        try:
+            business()
+        finally:
+            detach(ctx_token)
+        span.set_status(ok)
+        span.end()
+
+    # -- logfire, configured to stay local, with the same discarding batch processor ----------
+    lf_exporter = DiscardSpans()
+    logfire.configure(
+        send_to_logfire=False,
+        console=False,
+        metrics=False,
+        inspect_arguments=False,
+        additional_span_processors=[BatchSpanProcessor(lf_exporter)],
+    )
+
+    @logfire.instrument("renewal", extract_args=False)
+    def logfire_renewal() -> None:
+        return None
+
+    # -- invariantkit setups --------------------------------------------------------------------
+    with discard_server() as port:
+        sentry_sdk.init(dsn=f"http://public@127.0.0.1:{port}/1", release="bench")
+        ph_client = posthog.Posthog(
+            "phc_bench", host=f"http://127.0.0.1:{port}", timeout=2, max_retries=1
+        )
+        registry = CollectorRegistry()
+        logs = json_logger("invariantkit.bench")
+
+        def traces() -> Any:
+            return ik.sinks.OtelTraces(provider)
+
+        def prom() -> Any:
+            return ik.sinks.PrometheusMetrics(registry)
+
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+        meter_provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+        setups = {
+            "traces+metrics": make_setup([traces(), prom()]),
+            "traces": make_setup([traces()]),
+            "metrics": make_setup([prom()]),
+            "no sinks": make_setup([]),
+            "traces+metrics+sentry": make_setup([traces(), prom(), ik.sinks.Sentry()]),
+            "traces+metrics+posthog": make_setup([traces(), prom(), ik.sinks.PostHog(ph_client)]),
+            "traces+metrics+json logs": make_setup([traces(), prom(), ik.sinks.JsonLogs(logs)]),
+            "traces+otel metrics": make_setup([traces(), ik.sinks.OtelMetrics(meter_provider)]),
+            "all five": make_setup(
+                [
+                    traces(),
+                    prom(),
+                    ik.sinks.Sentry(),
+                    ik.sinks.PostHog(ph_client),
+                    ik.sinks.JsonLogs(logs),
+                ]
+            ),
+        }
+
+        def decorated(name: str, user_facing: bool) -> Callable[[], None]:
+            def renewal() -> None:
+                return None
+
+            return ik.billing_operation(name, user_facing=user_facing)(renewal)
+
+        batch = 40
+        variants: dict[str, Variant] = {
+            "bare call": Variant("bare call", business, 2000),
+            "floor": Variant("floor", floor, batch, after=flush_spans),
+            "SDK span alone": Variant("SDK span alone", span_only, batch, after=flush_spans),
+            "logfire": Variant("logfire", logfire_renewal, batch, after=logfire.force_flush),
+        }
+
+        def add(label: str, setup_name: str, op: str, user_facing: bool = False) -> None:
+            setup = setups[setup_name]
+
+            def after(setup: Setup = setup) -> None:
+                setup.settle()
+                flush_spans()
+
+            variants[label] = Variant(
+                label, decorated(op, user_facing), batch, before=setup.activate, after=after
+            )
+
+        add("ik traces+metrics", "traces+metrics", "bench_tm")
+        add("ik all five, user_facing=False", "all five", "bench_all")
+        add("ik all five, user_facing=True", "all five", "bench_all_uf", True)
+        add("ik no sinks", "no sinks", "bench_none")
+        add("ik traces", "traces", "bench_traces")
+        add("ik metrics", "metrics", "bench_metrics")
+        add("ik traces+metrics+sentry", "traces+metrics+sentry", "bench_tms")
+        add("ik traces+metrics+posthog (user_facing)", "traces+metrics+posthog", "bench_tmp", True)
+        add("ik traces+metrics+json logs", "traces+metrics+json logs", "bench_tml")
+        add("ik traces+otel metrics", "traces+otel metrics", "bench_tom")
+
+        # Warm up every path once (imports, caches, first label children).
+        for v in variants.values():
+            if v.before:
+                v.before()
+            for _ in range(200):
+                v.fn()
+            if v.after:
+                v.after()
+        for v in variants.values():
+            v.times.clear()
+        interleave(list(variants.values()), rounds)
+
+        # CPU of all threads per call, background work included (worker, SDK queues).
+        cpu = cpu_per_call(variants, setups, flush_spans, 3 if rounds < 100 else 7)
+        RESULTS["cpu_per_call_us"] = {k: round(v * 1e6, 2) for k, v in cpu.items()}
+
+        for setup in setups.values():
+            setup.dispatcher.shutdown(5.0)
+        ph_client.shutdown()
+        sentry_sdk.get_client().close(timeout=2.0)
+        STATE.dispatcher = STATE.config = None
+    logfire.shutdown() if hasattr(logfire, "shutdown") else None
+    provider.shutdown()
+    return variants
+
+
+def cpu_per_call(
+    variants: dict[str, Variant],
+    setups: dict[str, Setup],
+    flush_spans: Callable[[], None],
+    reps: int,
+) -> dict[str, float]:
+    """Process CPU time (all threads) per call over 2,000 calls and the flush that follows."""
+    out: dict[str, list[float]] = {}
+    n = 2000
+    names = [name for name in variants if name != "bare call"]
+    for _ in range(reps):
+        for name in names:
+            v = variants[name]
+            if v.before:
+                v.before()
+            gc.collect()
+            start = time.process_time()
+            for _ in range(n):
+                v.fn()
+            if v.after:
+                v.after()
+            flush_spans()
+            out.setdefault(name, []).append((time.process_time() - start) / n)
+    return {k: statistics.median(v) for k, v in out.items()}
+
+
+def report_success(variants: dict[str, Variant]) -> None:
+    floor = variants["floor"]
+    ours = variants["ik traces+metrics"]
+    lf = variants["logfire"]
+    r = paired_ratio(ours, floor)
+    ROWS.append(
+        Row(
+            "success path, traces+metrics / floor (span+counter+histogram+contextvar)",
+            us(ours.median),
+            us(floor.median),
+            f"{r:.2f}x",
+            "<= 1.25",
+            r <= 1.25,
+            r,
+        )
+    )
+    r = paired_ratio(ours, lf)
+    ROWS.append(
+        Row(
+            "success path, traces+metrics / logfire.instrument(extract_args=False)",
+            us(ours.median),
+            us(lf.median),
+            f"{r:.2f}x",
+            "<= 0.5",
+            r <= 0.5,
+            r,
+        )
+    )
+    for label, bar in (
+        ("ik all five, user_facing=False", 1.5),
+        ("ik all five, user_facing=True", 2.0),
+    ):
+        r = paired_ratio(variants[label], floor)
+        ROWS.append(
+            Row(
+                f"success path, {label.removeprefix('ik ')} / floor",
+                us(variants[label].median),
+                us(floor.median),
+                f"{r:.2f}x",
+                f"<= {bar}",
+                r <= bar,
+                r,
+            )
+        )
+    RESULTS["success_path_us"] = {k: round(v.median * 1e6, 3) for k, v in variants.items()}
+    RESULTS["success_path_ratio_to_floor"] = {
+        k: round(paired_ratio(v, floor), 3) for k, v in variants.items() if k != "bare call"
+    }
+
+
+# ---------------------------------------------------------------------------------- assert path
+
+
+def assert_path(rounds: int) -> None:
+    """A passing ``assert_invariant`` against a bare ``if not cond`` branch plus call."""
+    from invariantkit import billing
+
+    inv = billing.NO_DOUBLE_CHARGE
+    setup = make_setup([ik.sinks.Memory()])
+    setup.activate()
+
+    def bare_check(condition: object, invariant: object) -> bool:
+        if not condition:
+            raise AssertionError(invariant)
+        return True
+
+    charges_today = 1
+    assert_invariant = ik.assert_invariant
+
+    def ours() -> None:
+        assert_invariant(charges_today <= 1, inv)
+
+    def bare() -> None:
+        bare_check(charges_today <= 1, inv)
+
+    a = Variant("assert_invariant", ours, 5000)
+    b = Variant("bare branch", bare, 5000)
+    interleave([a, b], rounds)
+    r = paired_ratio(a, b)
+    ROWS.append(
+        Row(
+            "passing assert_invariant / bare branch + call",
+            f"{a.median * 1e9:.0f} ns",
+            f"{b.median * 1e9:.0f} ns",
+            f"{r:.2f}x",
+            "<= 3",
+            r <= 3,
+            r,
+        )
+    )
+    RESULTS["assert_ns"] = {"ours": a.median * 1e9, "bare": b.median * 1e9, "ratio": r}
+    setup.dispatcher.shutdown(2.0)
+    STATE.dispatcher = STATE.config = None
+
+
+# ---------------------------------------------------------------------------------- violation path
+
+
+def violation_path(calls: int) -> None:
+    """Violations with Sentry, PostHog and OTLP all pointing at closed ports: per-call latency.
+
+    Three calls per step, in turn, so they share the machine's state: the violation with all
+    five sinks (the bar), the same without the Sentry sink, and a bare
+    ``sentry_sdk.capture_message`` on the same client (what the guide's hand-written version
+    does on the call path).
+    """
+    import posthog
+    import sentry_sdk
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    from invariantkit import billing
+
+    dead = f"http://127.0.0.1:{closed_port()}"
+    provider = TracerProvider()
+    provider.add_span_processor(
+        BatchSpanProcessor(OTLPSpanExporter(endpoint=dead + "/v1/traces", timeout=1))
+    )
+    sentry_sdk.init(
+        dsn=f"http://public@127.0.0.1:{closed_port()}/1", release="bench", shutdown_timeout=1
+    )
+    ph_client = posthog.Posthog("phc_bench", host=dead, timeout=1, max_retries=1)
+    registry = CollectorRegistry()
+    logger = json_logger("invariantkit.bench_violation")
+
+    def common() -> list[Any]:
+        return [
+            ik.sinks.OtelTraces(provider),
+            ik.sinks.PrometheusMetrics(registry),
+            ik.sinks.PostHog(ph_client),
+            ik.sinks.JsonLogs(logger),
+        ]
+
+    all_five = make_setup([*common(), ik.sinks.Sentry()])
+    no_sentry = make_setup(common())
+    inv = billing.NO_DOUBLE_CHARGE
+    perf = time.perf_counter
+    lat: dict[str, list[float]] = {"all five": [], "without sentry": [], "bare sentry": []}
+    baseline: list[float] = []
+    capture_message = sentry_sdk.capture_message
+
+    def bare_check(condition: object) -> bool:
+        return bool(condition)
+
+    with ik.identify("user_42"):
+        for setup in (all_five, no_sentry):  # warm-up
+            setup.activate()
+            for _ in range(25):
+                ik.assert_invariant(False, inv, tags={"subscription_id": "sub_1"})
+        for i in range(calls):
+            tags = {"subscription_id": f"sub_{i}"}
+            all_five.activate()
+            start = perf()
+            ik.assert_invariant(False, inv, tags=tags)
+            lat["all five"].append(perf() - start)
+            time.sleep(0.001)  # violations arrive spaced out, not in one tight loop
+            no_sentry.activate()
+            start = perf()
+            ik.assert_invariant(False, inv, tags=tags)
+            lat["without sentry"].append(perf() - start)
+            time.sleep(0.001)
+            start = perf()
+            capture_message("NO_DOUBLE_CHARGE", "fatal", tags=tags)
+            lat["bare sentry"].append(perf() - start)
+            start = perf()
+            bare_check(False)
+            baseline.append(perf() - start)
+            time.sleep(0.001)
+    base = statistics.median(baseline)
+    stats = {
+        name: {
+            "p50_us": (percentile(v, 50) - base) * 1e6,
+            "p99_us": (percentile(v, 99) - base) * 1e6,
+            "max_ms": (max(v) - base) * 1e3,
+        }
+        for name, v in lat.items()
+    }
+    ours = stats["all five"]
+    ROWS.append(
+        Row(
+            f"violation, every backend down: added latency p50 / p99 ({calls} calls)",
+            f"p50 {ours['p50_us']:.0f} µs",
+            f"p99 {ours['p99_us']:.0f} µs",
+            f"max {ours['max_ms']:.1f} ms",
+            "p99 <= 1 ms",
+            ours["p99_us"] <= 1000,
+            ours["p99_us"],
+        )
+    )
+    for name in ("without sentry", "bare sentry"):
+        label = (
+            "  same violation without the Sentry sink"
+            if name == "without sentry"
+            else "  reference: bare sentry_sdk.capture_message, same client"
+        )
+        ROWS.append(
+            Row(
+                label,
+                f"p50 {stats[name]['p50_us']:.0f} µs",
+                f"p99 {stats[name]['p99_us']:.0f} µs",
+                f"max {stats[name]['max_ms']:.1f} ms",
+                "",
+                None,
+            )
+        )
+    counted = registry.get_sample_value(
+        "billing_invariant_violation_total",
+        {"type": "double_charge", "invariant": "NO_DOUBLE_CHARGE", "test": "false"},
+    )
+    expected = 2 * (calls + 25)
+    all_five.activate()
+    start = time.monotonic()
+    flushed = ik.flush(2.0)
+    flush_s = time.monotonic() - start
+    start = time.monotonic()
+    all_five.dispatcher.shutdown(2.0)
+    shutdown_s = time.monotonic() - start
+    no_sentry.dispatcher.shutdown(2.0)
+    RESULTS["violation_backends_down"] = {
+        **{k.replace(" ", "_"): v for k, v in stats.items()},
+        "metric_count": counted,
+        "expected": expected,
+        "flush_s": flush_s,
+        "flush_ok": flushed,
+        "shutdown_s": shutdown_s,
+        "load_average": os.getloadavg(),
+    }
+    ROWS.append(
+        Row(
+            "violation, backends down: counted in the metric / ik.flush(2) / shutdown(2)",
+            f"{counted:.0f} of {expected}",
+            f"flush {flush_s:.2f} s",
+            f"shutdown {shutdown_s:.2f} s",
+            "exact, bounded",
+            counted == expected and flush_s < 2.5 and shutdown_s < 2.5,
+        )
+    )
+    STATE.dispatcher = STATE.config = None
+    with contextlib.suppress(Exception):
+        sentry_sdk.get_client().close(timeout=0.5)
+    threading.Thread(target=provider.shutdown, daemon=True).start()
+    threading.Thread(target=ph_client.shutdown, daemon=True).start()
+
+
+# ---------------------------------------------------------------------------------- concurrency
+
+
+def concurrency(total: int) -> None:
+    """Throughput of 8 threads and of 1,000 asyncio tasks relative to one thread; exact counts."""
+    provider, exporter = tracer_provider(max_queue_size=4 * total + 10_000)
+    registry = CollectorRegistry()
+    setup = make_setup([ik.sinks.OtelTraces(provider), ik.sinks.PrometheusMetrics(registry)])
+    setup.activate()
+
+    @ik.billing_operation("bench_conc")
+    def op() -> None:
+        return None
+
+    @ik.billing_operation("bench_conc_async")
+    async def aop() -> None:
+        await asyncio.sleep(0)
+
+    def count(name: str) -> float:
+        return (
+            registry.get_sample_value(
+                "billing_operation_total", {"operation": name, "outcome": "success"}
+            )
+            or 0.0
+        )
+
+    def one_thread() -> float:
+        start = time.perf_counter()
+        for _ in range(total):
+            op()
+        return time.perf_counter() - start
+
+    def eight_threads() -> float:
+        barrier = threading.Barrier(9)
+
+        def work() -> None:
+            barrier.wait()
+            for _ in range(total // 8):
+                op()
+
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        for t in threads:
+            t.start()
+        barrier.wait()
+        start = time.perf_counter()
+        for t in threads:
+            t.join()
+        return time.perf_counter() - start
+
+    async def sequential() -> float:
+        start = time.perf_counter()
+        for _ in range(total):
+            await aop()
+        return time.perf_counter() - start
+
+    async def tasks_1000() -> float:
+        per_task = total // 1000
+
+        async def work() -> None:
+            for _ in range(per_task):
+                await aop()
+
+        start = time.perf_counter()
+        await asyncio.gather(*(work() for _ in range(1000)))
+        return time.perf_counter() - start
+
+    t1s, t8s, seqs, t1000s = [], [], [], []
+    for _ in range(3):
+        t1s.append(one_thread())
+        provider.force_flush()
+        t8s.append(eight_threads())
+        provider.force_flush()
+        seqs.append(asyncio.run(sequential()))
+        provider.force_flush()
+        t1000s.append(asyncio.run(tasks_1000()))
+        provider.force_flush()
+    sync_count, async_count = count("bench_conc"), count("bench_conc_async")
+    expected = 3 * (total + (total // 8) * 8)
+    expected_async = 3 * (total + (total // 1000) * 1000)
+    spans = exporter.count
+    r8 = statistics.median(t1s) / statistics.median(t8s)
+    r1000 = statistics.median(seqs) / statistics.median(t1000s)
+    exact = sync_count == expected and async_count == expected_async
+    exact_spans = spans == expected + expected_async
+    ROWS.append(
+        Row(
+            "8 threads: throughput / one thread (traces+metrics)",
+            f"{total / statistics.median(t8s):,.0f}/s",
+            f"{total / statistics.median(t1s):,.0f}/s",
+            f"{r8:.2f}x",
+            "counts exact",
+            exact and exact_spans,
+            r8,
+        )
+    )
+    ROWS.append(
+        Row(
+            "1,000 asyncio tasks: throughput / one task (traces+metrics)",
+            f"{total / statistics.median(t1000s):,.0f}/s",
+            f"{total / statistics.median(seqs):,.0f}/s",
+            f"{r1000:.2f}x",
+            "counts exact",
+            exact and exact_spans,
+            r1000,
+        )
+    )
+    RESULTS["concurrency"] = {
+        "calls_per_mode": total,
+        "threads_ratio": r8,
+        "tasks_ratio": r1000,
+        "metric_counts": [sync_count, async_count],
+        "expected_counts": [expected, expected_async],
+        "spans": spans,
+        "expected_spans": expected + expected_async,
+    }
+    setup.dispatcher.shutdown(5.0)
+    STATE.dispatcher = STATE.config = None
+    provider.shutdown()
+
+
+# ---------------------------------------------------------------------------------- memory
+
+
+def memory(calls: int) -> None:
+    """RSS growth over many decorated calls with all five sinks; metric series count."""
+    import posthog
+    import sentry_sdk
+
+    provider, _exporter = tracer_provider()
+    registry = CollectorRegistry()
+    with discard_server() as port:
+        sentry_sdk.init(dsn=f"http://public@127.0.0.1:{port}/1", release="bench")
+        ph_client = posthog.Posthog("phc_bench", host=f"http://127.0.0.1:{port}")
+        setup = make_setup(
+            [
+                ik.sinks.OtelTraces(provider),
+                ik.sinks.PrometheusMetrics(registry),
+                ik.sinks.Sentry(),
+                ik.sinks.PostHog(ph_client),
+                ik.sinks.JsonLogs(json_logger("invariantkit.bench_memory")),
+            ]
+        )
+        setup.activate()
+
+        @ik.billing_operation("bench_memory")
+        def renewal(i: int) -> int:
+            return i
+
+        def series() -> int:
+            return sum(
+                len(family.samples)
+                for family in registry.collect()
+                if family.name.startswith(("billing_", "invariantkit_"))
+            )
+
+        process = psutil.Process()
+        for i in range(20_000):
+            renewal(i)
+        setup.settle()
+        gc.collect()
+        rss0, series0 = process.memory_info().rss, series()
+        start = time.perf_counter()
+        with ik.identify("user_42"):
+            for i in range(calls // 2):
+                renewal(i)
+            setup.settle()
+            series_half = series()
+            for i in range(calls // 2, calls):
+                renewal(i)
+        elapsed = time.perf_counter() - start
+        setup.settle()
+        gc.collect()
+        rss1, series1 = process.memory_info().rss, series()
+        dropped = sum(
+            s.value
+            for family in registry.collect()
+            if family.name == "invariantkit_sink_dropped"
+            for s in family.samples
+            if s.name.endswith("_total")
+        )
+        growth_mb = (rss1 - rss0) / 2**20
+        ROWS.append(
+            Row(
+                f"{calls:,} decorated calls, all five sinks: RSS growth",
+                f"{growth_mb:+.1f} MB",
+                f"{rss0 / 2**20:.0f} MB at start",
+                f"{elapsed:.0f} s",
+                "< 10 MB",
+                growth_mb < 10,
+                growth_mb,
+            )
+        )
+        ROWS.append(
+            Row(
+                "  metric series (billing_*, invariantkit_*): start / half / end",
+                f"{series0} / {series_half} / {series1}",
+                "",
+                f"dropped {dropped:.0f}",
+                "bounded",
+                series1 == series_half,
+            )
+        )
+        RESULTS["memory"] = {
+            "calls": calls,
+            "rss_start_mb": rss0 / 2**20,
+            "rss_growth_mb": growth_mb,
+            "series_before": series0,
+            "series_half": series_half,
+            "series_after": series1,
+            "worker_dropped": dropped,
+            "seconds": elapsed,
+        }
+        setup.dispatcher.shutdown(5.0)
+        ph_client.shutdown()
+        sentry_sdk.get_client().close(timeout=2.0)
+        STATE.dispatcher = STATE.config = None
+    provider.shutdown()
+
+
+# ---------------------------------------------------------------------------------- profile
+
+
+def profile(calls: int) -> None:
+    """cProfile of the success path (traces+metrics) next to the floor, top functions."""
+    provider, _ = tracer_provider(max_queue_size=calls + 10)
+    registry = CollectorRegistry()
+    setup = make_setup([ik.sinks.OtelTraces(provider), ik.sinks.PrometheusMetrics(registry)])
+    setup.activate()
+
+    @ik.billing_operation("bench_profile")
+    def renewal() -> None:
+        return None
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(calls):
+        renewal()
+    profiler.disable()
+    out = io.StringIO()
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
+    console.print("[bold]cProfile, success path with traces+metrics, by own time[/bold]")
+    print(out.getvalue())
+    setup.dispatcher.shutdown(2.0)
+    STATE.dispatcher = STATE.config = None
+    provider.shutdown()
+
+
+# ---------------------------------------------------------------------------------- report
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for dist in (
+        "invariantkit",
+        "opentelemetry-sdk",
+        "prometheus-client",
+        "sentry-sdk",
+        "posthog",
+        "logfire",
+    ):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[dist] = metadata.version(dist)
+    return {
+        "nproc": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "os": platform.platform(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "versions": versions,
+    }
+
+
+def print_report(info: dict[str, Any], variants: dict[str, Variant] | None) -> None:
+    console.print(
+        f"[bold]machine[/bold]: {info['nproc']} CPUs ({info['cpu']}), "
+        f"{info['implementation']} {info['python']}, load {info['load_average']}"
+    )
+    console.print(
+        "[bold]versions[/bold]: " + ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+    )
+    table = Table(title="invariantkit benchmarks (medians; ratios from one interleaved run)")
+    for col in ("measure", "ours", "reference", "ratio", "bar", "met"):
+        table.add_column(col, justify="left" if col == "measure" else "right")
+    for row in ROWS:
+        met = "" if row.met is None else ("[green]yes[/green]" if row.met else "[red]NO[/red]")
+        table.add_row(row.measure, row.ours, row.reference, row.ratio, row.bar, met)
+    console.print(table)
+    if variants is not None:
+        costs = Table(title="what each sink costs (success path)")
+        costs.add_column("configuration")
+        costs.add_column("call path", justify="right")
+        costs.add_column("/ floor", justify="right")
+        costs.add_column("CPU per call, all threads", justify="right")
+        cpu = RESULTS.get("cpu_per_call_us", {})
+        floor = variants["floor"]
+        for name, v in variants.items():
+            ratio = "" if name == "bare call" else f"{paired_ratio(v, floor):.2f}x"
+            costs.add_row(
+                name,
+                us(v.median),
+                ratio,
+                f"{cpu[name]:.1f} µs" if name in cpu else "",
+            )
+        console.print(costs)
+    blocked = "none" if not BLOCKED else ", ".join(sorted(set(BLOCKED)))
+    console.print(f"network access outside 127.0.0.1 attempted: {blocked}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="smaller samples, about a minute")
+    parser.add_argument("--rounds", type=int, help="rounds of the interleaved success-path run")
+    parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")
+    parser.add_argument("--profile", action="store_true", help="print a cProfile of the path")
+    parser.add_argument(
+        "--only",
+        choices=["success", "assert", "violation", "concurrency", "memory"],
+        action="append",
+        help="run only these parts (repeatable)",
+    )
+    args = parser.parse_args(argv)
+    quick = args.quick
+    parts = set(args.only or ["success", "assert", "violation", "concurrency", "memory"])
+    info = machine()
+    RESULTS["machine"] = info
+    RESULTS["quick"] = quick
+    logging.getLogger("opentelemetry").setLevel(logging.ERROR)  # exporters complain when down
+    logging.getLogger("posthog").setLevel(logging.CRITICAL)
+    logging.getLogger("backoff").setLevel(logging.CRITICAL)
+    variants = None
+    if "success" in parts:
+        console.print("success path ...")
+        variants = success_path(args.rounds or (40 if quick else 250))
+        report_success(variants)
+    if "assert" in parts:
+        console.print("assert_invariant ...")
+        assert_path(30 if quick else 200)
+    if "violation" in parts:
+        console.print("violation path with backends down ...")
+        violation_path(300 if quick else 2000)
+    if "concurrency" in parts:
+        console.print("threads and tasks ...")
+        concurrency(8_000 if quick else 40_000)
+    if "memory" in parts:
+        console.print("memory ...")
+        memory(100_000 if quick else 1_000_000)
+    if args.profile:
+        profile(20_000)
+    print_report(info, variants)
+    RESULTS["rows"] = [row.__dict__ for row in ROWS]
+    RESULTS["network_blocked"] = BLOCKED
+    if args.json:
+        args.json.write_text(json.dumps(RESULTS, indent=2, default=str))
+    return 0 if all(r.met is not False for r in ROWS) and not BLOCKED else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
