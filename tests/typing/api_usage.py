@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import sentry_sdk
 
 import invariantkit as ik
-from invariantkit import billing
+from invariantkit import alerts, billing
 from invariantkit.sentry import BeforeSend, before_send, make_before_send
 from invariantkit.testing import Signals, capture_signals
 
@@ -152,6 +152,24 @@ renewed_count: int = renew_all(3)
 renew_all_fn: Callable[[int], int] = renew_all
 renew_all_async_fn: Callable[[int], Coroutine[Any, Any, int]] = renew_all_async
 renewed_async: int = asyncio.run(renew_all_async(1))
+
+# --- lifecycle events and health gauges ---------------------------------------------------------
+
+billing.subscription_started("sub_1", tier="horoscope-plus", amount=5.0)
+billing.renewal_succeeded("sub_1", period_number=2)
+billing.renewal_failed("sub_1", reason="insufficient_funds")
+billing.subscription_canceled("sub_1", reason="user_requested", periods_completed=3)
+reasons: frozenset[str] = billing.RENEWAL_FAILURE_REASONS
+
+# --- generated alerts, dashboards, playbooks -----------------------------------------------------
+
+rule_file: str = alerts.prometheus_rules()
+rule_tests: str = alerts.prometheus_rule_tests()
+dashboards: dict[str, dict[str, Any]] = alerts.grafana_dashboards()
+sentry_rules: list[dict[str, Any]] = alerts.sentry_alert_rules()
+posthog_rules: list[dict[str, Any]] = alerts.posthog_alerts()
+runbooks: dict[str, str] = alerts.playbooks()
+test_alerts: dict[str, str] = ik.fire_test_alert(billing.NO_DOUBLE_CHARGE)
 
 # --- Sentry hooks ------------------------------------------------------------------------------
 
