@@ -279,8 +279,8 @@ def _cron(decl: CronDecl, rules: list[r.AlertRule]) -> Playbook:
                     "`PrometheusMetrics(pushgateway=...)` is configured in the job"
                 ),
                 (
-                    "Run it by hand once the cause is fixed; it is idempotent (retries hit the "
-                    "unique constraint)"
+                    "Run it by hand once the cause is fixed; a catch-up must never write twice: "
+                    "its writes go through `ik.idempotent_write` and a unique constraint"
                 ),
             ],
         ),
