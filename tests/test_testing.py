@@ -572,6 +572,19 @@ class TestMetric:
             assert signals.metric(VIOLATIONS) == 1.0
 
 
+class TestSentryCheckins:
+    def test_cron_checkins_are_captured(self) -> None:
+        """Sentry Crons check-ins are read as posted; the cron gauges read like any metric."""
+        with capture_signals() as signals:
+            with ik.monitor_cron("nightly_renewals", every=3600, max_runtime=600) as run:
+                run.processed += 3
+        statuses = [(c["monitor_slug"], c["status"]) for c in signals.sentry_checkins]
+        assert statuses == [("nightly-renewals", "in_progress"), ("nightly-renewals", "ok")]
+        assert signals.sentry_events == []
+        assert signals.metric("cron_nightly_renewals_processed") == 3.0
+        assert "nightly_renewals" not in ik.get_catalog().crons
+
+
 class TestAssertions:
     def test_assert_violation_matches_tags_as_text(self) -> None:
         """Tags match after the conversion to text that reporting applies."""

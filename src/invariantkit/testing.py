@@ -194,8 +194,9 @@ class Signals:
     """What the real SDK pipelines emitted inside :func:`capture_signals` (or the ``signals``
     pytest fixture).
 
-    Reading any attribute first drains invariantkit's background worker, so everything emitted
-    before the read is there. The captured data stays readable after the capture exits.
+    Made by :func:`capture_signals` (not constructed directly). Reading any attribute first
+    drains invariantkit's background worker, so everything emitted before the read is there. The
+    captured data stays readable after the capture exits.
     Reading a backend that is not captured (switched off, or its SDK is not installed) raises a
     ``RuntimeError`` that says so, rather than returning an empty list that would make an
     assertion pass for the wrong reason.
@@ -412,6 +413,7 @@ class Signals:
 
         Tag values are compared as reported: as text, after scrubbing (``True`` matches
         ``"true"``, ``5`` matches ``"5"``). The failure message lists what was reported instead.
+        (A tag literally named ``count`` cannot be matched here: filter :attr:`violations`.)
 
         Example:
             >>> import invariantkit as ik
@@ -1067,7 +1069,8 @@ def capture_signals(
             else ``SinkUnavailable``; None, the default: when its SDK is installed; False: off).
         extra_sinks: more sinks to fan out to, such as one that raises, to test isolation.
         sentry_options: more ``sentry_sdk.Client`` options (``before_send``,
-            ``include_local_variables``, ``event_scrubber``...), to test your own Sentry set-up.
+            ``include_local_variables``, ``event_scrubber``...), to test your own Sentry set-up;
+            ``dsn`` and ``transport`` stay the capture's (nothing is sent).
         fail_on_sink_error: on a clean exit, raise ``AssertionError`` if a sink raised or
             invariantkit had an internal error (see :meth:`Signals.assert_no_sink_errors`).
             None: the pytest ini option ``invariantkit_fail_on_sink_error`` (else False).
