@@ -39,10 +39,9 @@ _SCRUB_MARGIN = 512
 # A run of digits with single spaces or dashes between them; card numbers are searched inside.
 _DIGIT_RUN = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9])*")
 _GROUP_SEP = re.compile(r"[ -]")
-# RFC 5322 "atext" without the quote, slash, equals and question mark that often delimit a
-# value in prose and URLs; a local part containing them is cut there and the rest redacted.
+# RFC 5322 "atext" local part (a little of the text before an address may go with it).
 _EMAIL = re.compile(
-    r"[A-Za-z0-9!#$%&*+^_`{|}~.-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+"
 )
 _BEARER = re.compile(r"(?i)\b(bearer)(\s+)[A-Za-z0-9._~+/-]{8,}=*")
@@ -231,8 +230,7 @@ class Scrubber:
             for key in keys:
                 if not isinstance(key, str) or not key.strip():
                     raise TypeError(
-                        f"Scrubber({name}=...) must contain non-empty key names (str), "
-                        f"not {key!r}"
+                        f"Scrubber({name}=...) must contain non-empty key names (str), not {key!r}"
                     )
             object.__setattr__(self, name, frozenset(k.lower() for k in keys))
         raw: object = self.patterns
@@ -263,7 +261,9 @@ class Scrubber:
         normal = frozenset(_normal_key(k) for k in self.deny_keys) - {""}
         object.__setattr__(self, "_deny_normal", normal)
         object.__setattr__(self, "_deny_long", tuple(k for k in normal if len(k) >= 6))
-        object.__setattr__(self, "_allow_normal", frozenset(_normal_key(k) for k in self.allow_keys))
+        object.__setattr__(
+            self, "_allow_normal", frozenset(_normal_key(k) for k in self.allow_keys)
+        )
 
     # -- keys -----------------------------------------------------------------------------------
 

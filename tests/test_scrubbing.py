@@ -1,0 +1,443 @@
+"""Scrubbing: card numbers, e-mail addresses, bearer tokens, secrets by key, DSNs and API keys
+never leave the process, through any sink; allow and deny lists are configurable; no DSN or API
+key appears in invariantkit's own log output."""
+
+from __future__ import annotations
+
+import json
+import os
+import logging
+import re
+import string
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import invariantkit as ik
+from invariantkit._safe import REDACTED, Scrubber, safe_json, safe_tags
+from invariantkit.testing import Signals, capture_signals
+
+# -- strategies ---------------------------------------------------------------------------------
+
+
+def _luhn_check_digit(body: str) -> str:
+    total = 0
+    for i, ch in enumerate(reversed(body)):
+        d = int(ch)
+        if i % 2 == 0:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return str((10 - total % 10) % 10)
+
+
+@st.composite
+def card_numbers(draw: st.DrawFn) -> str:
+    """A 13 to 19 digit number passing Luhn, plain or grouped by 4 with spaces or dashes."""
+    length = draw(st.integers(13, 19))
+    body = draw(st.text(string.digits, min_size=length - 1, max_size=length - 1))
+    digits = body + _luhn_check_digit(body)
+    sep = draw(st.sampled_from(["", " ", "-"]))
+    return sep.join(digits[i : i + 4] for i in range(0, len(digits), 4))
+
+
+_TOKEN_CHARS = string.ascii_letters + string.digits + "-._~+/"
+bearer_tokens = st.builds(
+    lambda scheme, token, pad: f"{scheme} {token}{pad}",
+    st.sampled_from(["Bearer", "bearer", "BEARER"]),
+    st.text(_TOKEN_CHARS, min_size=8, max_size=64),
+    st.sampled_from(["", "=", "=="]),
+)
+_HEX = "0123456789abcdef"
+dsns = st.one_of(
+    st.builds(
+        lambda key, org, project: f"https://{key}@o{org}.ingest.sentry.io/{project}",
+        st.text(_HEX, min_size=32, max_size=32),
+        st.integers(1, 10**7),
+        st.integers(1, 10**7),
+    ),
+    st.builds(
+        lambda user, pw, port: f"postgresql://{user}:{pw}@db.internal:{port}/billing",
+        st.text(string.ascii_lowercase, min_size=1, max_size=12),
+        st.text(string.ascii_letters + string.digits + "!$*", min_size=1, max_size=24),
+        st.integers(1, 65535),
+    ),
+)
+_KEY_CHARS = string.ascii_letters + string.digits
+api_keys = st.builds(
+    lambda prefix, body: prefix + body,
+    st.sampled_from(["phc_", "phx_", "sk_live_", "sk_test_", "rk_live_", "ghp_", "sntrys_"]),
+    st.text(_KEY_CHARS, min_size=20, max_size=48),
+)
+emails = st.emails()
+secrets = st.one_of(card_numbers(), emails, bearer_tokens, dsns, api_keys)
+_WORDS = st.text(string.ascii_letters + " ", max_size=20)
+_SEPARATORS = st.sampled_from([" ", "\n", "(", ")", ",", ";", ": ", "= ", "\t", "<", ">"])
+
+
+@st.composite
+def in_text(draw: st.DrawFn) -> tuple[str, str]:
+    """(secret, text containing it), the secret delimited as it would be in prose or a URL."""
+    secret = draw(secrets)
+    text = draw(_WORDS) + draw(_SEPARATORS) + secret + draw(_SEPARATORS) + draw(_WORDS)
+    return secret, draw(st.sampled_from([secret, text]))
+
+
+def _forms(secret: str) -> list[str]:
+    """Every way the secret could appear in a sink's output."""
+    forms = {secret, json.dumps(secret)[1:-1]}
+    digits = re.sub(r"[ -]", "", secret)
+    if digits.isdigit():
+        forms.add(digits)
+    return [f for f in forms if f]
+
+
+def _everything(signals: Signals, own_logs: list[str]) -> str:
+    """Every byte that left the process through any sink, as text."""
+    parts: list[str] = []
+    for envelope in signals.sentry_envelopes:
+        parts.append(envelope.serialize().decode("utf-8", "replace"))
+    parts.append(json.dumps(signals.posthog_events, default=str))
+    for span in signals.spans:
+        parts.append(span.to_json())
+    parts.append(json.dumps(signals.logs, default=str))
+    parts.extend(own_logs)
+    return "\n".join(parts)
+
+
+@contextmanager
+def own_log_output() -> Iterator[list[str]]:
+    """Every line invariantkit's logger writes, formatted as a handler would write it."""
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(self.format(record))
+
+    handler = Keep(logging.DEBUG)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger = logging.getLogger("invariantkit")
+    logger.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+
+
+def _assert_absent(secret: str, output: str) -> None:
+    for form in _forms(secret):
+        assert form not in output, f"{form!r} escaped"
+
+
+SCRUB_INVARIANT = "SCRUB_NO_LEAK"
+_HYPOTHESIS = settings(
+    max_examples=int(os.environ.get("SCRUB_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+# -- properties -------------------------------------------------------------------------------
+
+
+@_HYPOTHESIS
+@given(secret_and_text=in_text(), key=st.sampled_from(["note", "customer", "reason", "detail"]))
+def test_no_secret_escapes_through_any_sink(secret_and_text: tuple[str, str], key: str) -> None:
+    """A card number, e-mail, bearer token, DSN or API key put in tags, extra, product event
+    properties, span attributes or the exception of a failing operation is in none of the Sentry
+    envelopes' raw bytes, PostHog messages, spans or log lines."""
+    secret, text = secret_and_text
+    with own_log_output() as own, capture_signals() as signals:
+        invariant = ik.Invariant(SCRUB_INVARIANT, type="scrub", summary="x")
+        ik.assert_invariant(
+            False,
+            invariant,
+            tags={key: text, "subscription_id": "sub_1"},
+            extra={key: text, "nested": {"list": [text, {"deeper": text}]}},
+        )
+        ik.track("subscription_started", **{key: text, "plan": "plus"})
+
+        @ik.billing_operation("scrub_charge", user_facing=True)
+        def charge() -> None:
+            with ik.billing_operation("scrub_inner") as run:
+                run.set_attribute(key, text)
+
+        charge()
+        output = _everything(signals, own)
+        assert signals.violations  # the signals were produced...
+        assert len(signals.sentry_events) == 1
+        assert len(signals.posthog_events) == 3
+    _assert_absent(secret, output)  # ...without the secret
+
+
+@_HYPOTHESIS
+@given(
+    value=st.builds(
+        "Zq9".__add__, st.text(string.ascii_letters + string.digits + "!#%&*", max_size=30)
+    ),
+    key=st.sampled_from(
+        [
+            "password",
+            "db_password",
+            "userPassword",
+            "client_secret",
+            "apiToken",
+            "API_KEY",
+            "authorization",
+            "sentry_dsn",
+            "card_number",
+            "cvv",
+            "refresh_token",
+            "Cookie",
+        ]
+    ),
+)
+def test_values_under_secret_keys_never_escape(value: str, key: str) -> None:
+    """Whatever the value, under a password/secret/token/key-like key it is redacted whole, in
+    tags, extra, properties and span attributes, and as ``key=value`` inside text."""
+    with own_log_output() as own, capture_signals() as signals:
+        invariant = ik.Invariant(SCRUB_INVARIANT, type="scrub", summary="x")
+        ik.report_violation(
+            invariant,
+            tags={key: value, "context": f"login failed {key}={value}"},
+            extra={"request": {"headers": {key: value}}},
+        )
+        ik.track("login_failed", **{key: value})
+        with ik.billing_operation("scrub_login") as run:
+            run.set_attribute("query", f"?{key}={value}&x=1")
+        output = _everything(signals, own)
+        [violation] = signals.violations
+        assert violation.attributes[key] == REDACTED
+    assert value not in output
+
+
+@given(value=in_text())
+@settings(max_examples=200, deadline=None)
+def test_scrubbed_values_keep_their_shape(value: tuple[str, str]) -> None:
+    """``safe_tags`` and ``safe_json`` scrub every nesting and never raise."""
+    secret, text = value
+    scrubber = Scrubber()
+    tags = safe_tags({"a": text, "b": [text], "c": {"d": text}}, scrubber)
+    data = safe_json({"a": text, "b": [text, (text,)], "c": {"d": {"e": text}}}, scrubber)
+    output = json.dumps(tags) + json.dumps(data)
+    _assert_absent(secret, output)
+    assert set(tags) == {"a", "b", "c"}
+
+
+@given(card=card_numbers())
+@settings(max_examples=100, deadline=None)
+def test_card_numbers_as_integers_are_redacted(card: str) -> None:
+    """A card number passed as an int (or an integral float) is redacted too."""
+    digits = re.sub(r"[ -]", "", card)
+    if digits.startswith("0"):
+        return  # an int cannot keep a leading zero: the number is a different one
+    number = int(digits)
+    scrubber = Scrubber()
+    assert safe_tags({"card": number}, scrubber) == {"card": REDACTED}
+    assert safe_json({"card": number}, scrubber) == {"card": REDACTED}
+    if number < 2**53:
+        assert safe_json([float(number)], scrubber) == [REDACTED]
+
+
+# -- examples -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "sub_1234567890",
+        "cus_NffrFeUfNV2Hib",
+        "550e8400-e29b-41d4-a716-446655440000",
+        "amount 4999 cents, 2024-01-15 12:30:00",
+        "basic plan",
+        "the token expired",
+        "order 1234 5678",
+        "ch_3MmlLrLkdIwHu7ix0snN0B15",
+        "failureReason: insufficient_funds",
+        "12345678901234567890123",  # 23 digits: an id, not a card
+    ],
+)
+def test_ordinary_billing_values_are_kept(text: str) -> None:
+    """Ids, amounts, dates and prose are not mistaken for secrets."""
+    assert Scrubber().scrub_text(text) == text
+
+
+def test_deny_and_allow_lists_are_configurable() -> None:
+    """``deny_keys`` adds keys redacted whole; ``allow_keys`` names safe fields sent as they are;
+    ``patterns`` adds expressions; ``scrub=False`` sends everything as it is."""
+    scrubber = ik.Scrubber(
+        deny_keys={"iban"},
+        allow_keys={"support_email"},
+        patterns=[r"ACCT-\d{6}"],
+    )
+    with capture_signals(scrub=scrubber) as signals:
+        invariant = ik.Invariant(SCRUB_INVARIANT, type="scrub", summary="x")
+        ik.report_violation(
+            invariant,
+            tags={
+                "customer_iban": "DE89370400440532013000",
+                "support_email": "billing@example.com",
+                "customer": "bob@example.com",
+                "account": "ACCT-123456",
+                "password": "kept-because-not-denied-anymore",
+            },
+        )
+        [record] = signals.violations
+        assert record.attributes["customer_iban"] == REDACTED
+        assert record.attributes["support_email"] == "billing@example.com"
+        assert record.attributes["customer"] == REDACTED
+        assert record.attributes["account"] == REDACTED
+        # deny_keys replaces the defaults: "password" is no longer denied by key.
+        assert record.attributes["password"] == "kept-because-not-denied-anymore"
+        [event] = signals.sentry_events
+        assert event["tags"]["support_email"] == "billing@example.com"
+        assert event["tags"]["customer_iban"] == REDACTED
+    with capture_signals(scrub=False) as signals:
+        invariant = ik.Invariant(SCRUB_INVARIANT, type="scrub", summary="x")
+        ik.report_violation(invariant, tags={"customer": "bob@example.com"})
+        assert signals.violations[0].attributes["customer"] == "bob@example.com"
+
+
+def test_default_deny_keys_can_be_extended() -> None:
+    """The documented way to add keys keeps the defaults."""
+    from invariantkit._safe import DEFAULT_DENY_KEYS
+
+    scrubber = ik.Scrubber(deny_keys=DEFAULT_DENY_KEYS | {"iban"})
+    assert scrubber.key_is_denied("iban")
+    assert scrubber.key_is_denied("password")
+
+
+def test_sentry_exception_messages_and_frame_variables_are_scrubbed() -> None:
+    """A failing operation's exception message and the local variables Sentry attaches to its
+    frames carry no card number or e-mail address."""
+    # Built at run time: Sentry also sends the source lines around each frame.
+    card = " ".join(["4242"] * 4)
+    email = "bob" + "@" + "example.com"
+    with capture_signals() as signals:
+
+        @ik.billing_operation("scrub_refund")
+        def refund(customer_email: str) -> None:
+            card_number = card  # noqa: F841 - a local variable Sentry would send
+            note = f"refund for {customer_email} on {card}"
+            raise ValueError(note)
+
+        with pytest.raises(ValueError, match="4242"):  # the caller's exception is untouched
+            refund(email)
+        [envelope] = signals.sentry_envelopes
+        raw = envelope.serialize().decode()
+        [event] = signals.sentry_events
+        assert event["exception"]["values"][0]["type"] == "ValueError"
+    assert card not in raw
+    assert card.replace(" ", "") not in raw
+    assert email not in raw
+
+
+@pytest.mark.xfail(
+    reason="_operation.py records the exception on the span (exception.message, status "
+    "description) and _logs.py writes error_message without scrubbing (reported, issue 8)",
+    strict=True,
+)
+def test_exception_messages_are_scrubbed_in_spans_and_logs() -> None:
+    """The failing operation's exception message is scrubbed in its span and its log line."""
+    with capture_signals() as signals:
+
+        @ik.billing_operation("scrub_refund_2")
+        def refund() -> None:
+            raise ValueError("refund for bob@example.com")
+
+        with pytest.raises(ValueError):
+            refund()
+        output = _everything(signals, [])
+    assert "bob@example.com" not in output
+
+
+@pytest.mark.xfail(
+    reason="_operation.py: static attributes= of ik.operation go to spans, Sentry tags and "
+    "logs unscrubbed, and OperationRun.set_attribute does not redact by key nor card numbers "
+    "given as ints (reported, issue 8)",
+    strict=True,
+)
+def test_static_operation_attributes_and_int_cards_are_scrubbed() -> None:
+    """``attributes=`` of a declared operation and int values given to ``set_attribute``."""
+    with capture_signals() as signals:
+
+        @ik.billing_operation("scrub_static", attributes={"owner": "bob@example.com"})
+        def charge() -> None:
+            with ik.billing_operation("scrub_static_inner") as run:
+                run.set_attribute("card", 4242424242424242)
+                run.set_attribute("password", "hunter22")
+
+        charge()
+        output = _everything(signals, [])
+    assert "bob@example.com" not in output
+    assert "4242424242424242" not in output
+    assert "hunter22" not in output
+
+
+# -- our own log output ---------------------------------------------------------------------
+
+DSN = "https://0123456789abcdef0123456789abcdef@o42.ingest.sentry.io/4242"
+API_KEY = "phc_AbCdEf0123456789AbCdEf0123456789"
+
+
+class _LeakySink:
+    """A sink whose exception quotes credentials, as SDK errors sometimes do."""
+
+    name = "leaky"
+    deferred = False
+
+    def emit(self, record: ik.Record) -> None:
+        if record.kind == "violation":
+            raise RuntimeError(f"cannot post to {DSN} with key {API_KEY} (token=s3cr3t-value)")
+
+    def flush(self, timeout: float) -> bool:
+        raise RuntimeError(f"flush failed for {DSN}")
+
+    def shutdown(self, timeout: float) -> bool:
+        return True
+
+
+def test_no_dsn_or_api_key_in_our_own_logs() -> None:
+    """Sink failures, bad arguments and internal errors are logged without the DSN, API key or
+    token they quote; the log line still says what failed."""
+    with own_log_output() as lines:
+        with capture_signals(extra_sinks=(_LeakySink(),)) as signals:
+            invariant = ik.Invariant(SCRUB_INVARIANT, type="scrub", summary="x")
+            ik.report_violation(invariant)
+            ik.report_violation(invariant)
+            ik.report_violation(DSN)  # type: ignore[arg-type]
+            ik.track(API_KEY + " not an event name!")
+            ik.flush(timeout=1)
+            assert signals.metric("invariantkit_sink_errors_total", sink="leaky") >= 3
+        try:
+            raise RuntimeError(f"connect {DSN}")
+        except RuntimeError:
+            logging.getLogger("invariantkit").exception("invariantkit: test traceback")
+    text = "\n".join(lines)
+    assert "sink 'leaky' failed (RuntimeError" in text
+    assert sum("sink 'leaky' failed" in line for line in lines) == 1  # logged once per sink
+    assert "UNDECLARED_INVARIANT" in text
+    assert "test traceback" in text and "RuntimeError" in text
+    assert DSN not in text
+    assert "0123456789abcdef0123456789abcdef" not in text
+    assert API_KEY not in text
+    assert "s3cr3t-value" not in text
+
+
+@pytest.mark.parametrize(
+    ("build", "secret"),
+    [
+        (lambda: ik.sinks.Sentry(DSN), DSN),
+        (lambda: ik.sinks.PostHog(API_KEY), API_KEY),
+    ],
+)
+def test_constructor_errors_do_not_quote_credentials(build: Any, secret: str) -> None:
+    """Passing a DSN or API key where a client is expected fails clearly without echoing it."""
+    with pytest.raises(TypeError) as info:
+        build()
+    assert secret not in str(info.value)
+    assert "client" in str(info.value)
