@@ -5,8 +5,8 @@ key appears in invariantkit's own log output."""
 from __future__ import annotations
 
 import json
-import os
 import logging
+import os
 import re
 import string
 from collections.abc import Iterator
@@ -421,7 +421,8 @@ def test_no_dsn_or_api_key_in_our_own_logs() -> None:
     assert "sink 'leaky' failed (RuntimeError" in text
     assert sum("sink 'leaky' failed" in line for line in lines) == 1  # logged once per sink
     assert "UNDECLARED_INVARIANT" in text
-    assert "test traceback" in text and "RuntimeError" in text
+    assert "test traceback" in text
+    assert "RuntimeError" in text
     assert DSN not in text
     assert "0123456789abcdef0123456789abcdef" not in text
     assert API_KEY not in text
