@@ -106,25 +106,32 @@ def signals(request: pytest.FixtureRequest) -> Iterator[Signals]:
     options = _marker_options(request.node)
     with capture_signals(**options) as captured:
         request.node.stash[_SIGNALS] = captured
-        yield captured
+        try:
+            yield captured
+        finally:  # items live for the whole session: do not keep every test's signals alive
+            del request.node.stash[_SIGNALS]
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
-    try:
-        result = yield
-    except BaseException:
+@pytest.hookimpl(hookwrapper=True)  # old-style: works with every pluggy pytest 7+ ships with
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, None]:
+    outcome = yield
+    captured = item.stash.get(_SIGNALS, None)
+    if captured is None:
+        return
+    if outcome.excinfo is not None:
         # The test failed on its own: show what invariantkit swallowed next to that failure
         # (it may be the cause), instead of a second error in teardown.
-        captured = item.stash.get(_SIGNALS, None)
-        if captured is not None:
-            try:
-                captured.assert_no_sink_errors()
-            except AssertionError as errors:
-                item.add_report_section("call", "invariantkit errors", str(errors))
-        raise
-    # Fail the test itself (not its teardown) when a swallowed error happened while it ran.
-    captured = item.stash.get(_SIGNALS, None)
-    if captured is not None and captured._fail_on_sink_error:
-        captured.assert_no_sink_errors()
-    return result
+        try:
+            captured.assert_no_sink_errors()
+        except AssertionError as errors:
+            item.add_report_section("call", "invariantkit errors", str(errors))
+        return
+    if captured._fail_on_sink_error:
+        # Fail the test itself (not its teardown) when a swallowed error happened while it ran.
+        try:
+            captured.assert_no_sink_errors()
+        except AssertionError as errors:
+            force = getattr(outcome, "force_exception", None)  # pluggy >= 1.1
+            if force is None:
+                raise
+            force(errors)
