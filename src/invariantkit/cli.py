@@ -195,9 +195,9 @@ def _generator(name: str) -> Callable[..., Any]:
     return fn  # type: ignore[no-any-return]
 
 
-def _generate(name: str, *args: Any) -> Any:
+def _generate(name: str, *args: Any, **kwargs: Any) -> Any:
     try:
-        return _generator(name)(*args)
+        return _generator(name)(*args, **kwargs)
     except CliError:
         raise
     except (ValueError, TypeError) as exc:
@@ -234,35 +234,102 @@ OutputDir = Annotated[
 
 # -- generators ---------------------------------------------------------------------------------
 
+RunbookOption = Annotated[
+    str | None,
+    typer.Option(
+        "--runbook-base-url",
+        help="Where the playbooks are published (prefix of each alert's runbook_url); default "
+        "playbooks/.",
+        show_default=False,
+    ),
+]
+SentryUrlOption = Annotated[
+    str | None,
+    typer.Option(
+        "--sentry-url",
+        help="Your Sentry issues page (the alerts link its search); default https://sentry.io/issues/.",
+        show_default=False,
+    ),
+]
+
+
+def _kw(**values: Any) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
 
 @app.command()
-def rules(module: ModuleOption = None, output: OutputFile = None) -> None:
+def rules(
+    module: ModuleOption = None,
+    output: OutputFile = None,
+    runbook_base_url: RunbookOption = None,
+    sentry_url: SentryUrlOption = None,
+) -> None:
     """Prometheus alerting rules (YAML) for everything declared: one per invariant, cron and
-    constraint, retries, spikes, sink health and the test alert."""
+    constraint, retries, spikes, sink health and the test alert. Valid for Prometheus, Mimir's
+    ruler and Grafana-managed import (`promtool check rules`)."""
     from invariantkit._catalog import get_catalog
 
     load_modules(module or [])
-    _write(_generate("prometheus_rules", get_catalog()), output, "alert rules")
+    text = _generate(
+        "prometheus_rules",
+        get_catalog(),
+        **_kw(runbook_base_url=runbook_base_url, sentry_url=sentry_url),
+    )
+    _write(text, output, "alert rules")
 
 
 @app.command("rule-tests")
-def rule_tests(module: ModuleOption = None, output: OutputFile = None) -> None:
-    """Unit tests for the generated rules, for `promtool test rules` (each rule proven to
-    fire, including on the first violation after a restart)."""
+def rule_tests(
+    module: ModuleOption = None,
+    output: OutputFile = None,
+    rule_file: Annotated[
+        str,
+        typer.Option(
+            "--rule-file",
+            help="The rule file the tests load (write the rules there with `rules -o`).",
+        ),
+    ] = "invariantkit-rules.yml",
+    runbook_base_url: RunbookOption = None,
+    sentry_url: SentryUrlOption = None,
+) -> None:
+    """Unit tests for the generated rules, for `promtool test rules`: each rule proven to fire,
+    including on the first violation after a restart, and to stay silent on healthy series.
+    Pass the same options as to `rules`."""
     from invariantkit._catalog import get_catalog
 
     load_modules(module or [])
-    _write(_generate("prometheus_rule_tests", get_catalog()), output, "rule tests")
+    text = _generate(
+        "prometheus_rule_tests",
+        get_catalog(),
+        rule_file=rule_file,
+        **_kw(runbook_base_url=runbook_base_url, sentry_url=sentry_url),
+    )
+    _write(text, output, "rule tests")
 
 
 @app.command()
-def dashboards(module: ModuleOption = None, output: OutputDir = None) -> None:
-    """The guide's three Grafana dashboards (JSON), with owner, purpose and every panel
-    described; one `<name>.json` per dashboard with `-o DIR`."""
+def dashboards(
+    module: ModuleOption = None,
+    output: OutputDir = None,
+    owner: Annotated[
+        str | None,
+        typer.Option(
+            "--owner", help="Owner of the dashboards; default @billing-team.", show_default=False
+        ),
+    ] = None,
+    runbook_base_url: RunbookOption = None,
+    sentry_url: SentryUrlOption = None,
+) -> None:
+    """The guide's three Grafana dashboards (JSON): owner, purpose and every panel described;
+    one `<name>.json` per dashboard with `-o DIR`."""
     from invariantkit._catalog import get_catalog
 
     load_modules(module or [])
-    boards: dict[str, Any] = _generate("grafana_dashboards", get_catalog())
+    boards: dict[str, Any] = _generate(
+        "grafana_dashboards",
+        get_catalog(),
+        **_kw(owner=owner, runbook_base_url=runbook_base_url, sentry_url=sentry_url),
+    )
     if output is None:
         _write(_json(boards), None, "dashboards")
         return
@@ -271,26 +338,53 @@ def dashboards(module: ModuleOption = None, output: OutputDir = None) -> None:
 
 
 @app.command("sentry-rules")
-def sentry_rules(module: ModuleOption = None, output: OutputFile = None) -> None:
-    """The guide's Sentry alert rules, as payloads for Sentry's alert-rule API (JSON)."""
+def sentry_rules(
+    module: ModuleOption = None,
+    output: OutputFile = None,
+    channel: Annotated[
+        str | None,
+        typer.Option(
+            "--channel",
+            help="Slack channel to notify; default #billing-alerts.",
+            show_default=False,
+        ),
+    ] = None,
+    environment: Annotated[
+        str | None,
+        typer.Option(
+            "--environment", help="Only alert on this Sentry environment.", show_default=False
+        ),
+    ] = None,
+) -> None:
+    """The guide's three Sentry alert rules (new issue in billing code, invariant violation,
+    payment provider errors), as payloads for Sentry's alert-rule API (JSON)."""
     load_modules(module or [], require=False)
-    _write(_json(_generate("sentry_alert_rules")), output, "Sentry alert rules")
+    payloads = _generate("sentry_alert_rules", **_kw(channel=channel, environment=environment))
+    _write(_json(payloads), output, "Sentry alert rules")
 
 
 @app.command("posthog-alerts")
 def posthog_alerts(module: ModuleOption = None, output: OutputFile = None) -> None:
-    """The guide's PostHog alerts (renewal failure and cancellation spikes), as JSON."""
+    """The guide's PostHog alerts (subscription funnel drop, renewal failure and cancellation
+    spikes), as JSON."""
     load_modules(module or [], require=False)
     _write(_json(_generate("posthog_alerts")), output, "PostHog alerts")
 
 
 @app.command()
-def playbooks(module: ModuleOption = None, output: OutputDir = None) -> None:
+def playbooks(
+    module: ModuleOption = None,
+    output: OutputDir = None,
+    runbook_base_url: RunbookOption = None,
+    sentry_url: SentryUrlOption = None,
+) -> None:
     """Alert response playbooks (Markdown), one per alert; one file each with `-o DIR`."""
     from invariantkit._catalog import get_catalog
 
     load_modules(module or [])
-    books: dict[str, str] = _generate("playbooks", get_catalog())
+    books: dict[str, str] = _generate(
+        "playbooks", get_catalog(), **_kw(runbook_base_url=runbook_base_url, sentry_url=sentry_url)
+    )
     if output is None:
         _write("\n\n".join(text.rstrip() for text in books.values()), None, "playbooks")
         return
@@ -339,6 +433,15 @@ def demo(  # noqa: PLR0917 - typer maps each parameter to an option
             "--log-file", help="Also write the JSON log lines to this file.", show_default=False
         ),
     ] = None,
+    rules_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--rules",
+            help="Evaluate this Prometheus rule file instead of the generated rules (your own "
+            "rules, to see which of them the faults would fire).",
+            show_default=False,
+        ),
+    ] = None,
     storm: Annotated[
         int | None,
         typer.Option("--storm", min=20, hidden=True, help="Idempotent retries in the retry storm."),
@@ -364,6 +467,12 @@ def demo(  # noqa: PLR0917 - typer maps each parameter to an option
         )
     err = _console(stderr=True)
     out = _console()
+    rules_text = None
+    if rules_file is not None:
+        try:
+            rules_text = rules_file.read_text(encoding="utf-8")
+        except OSError as exc:
+            _fail(f"--rules {rules_file}: {exc.strerror or exc}")
     server = None
     keep: list[Any] = []
     registry = None
@@ -412,6 +521,7 @@ def demo(  # noqa: PLR0917 - typer maps each parameter to an option
             registry=registry,
             pace=pace,
             storm_retries=storm,
+            rules=rules_text,
             keep_pipeline=keep if server is not None else None,
         )
         if as_json:
@@ -420,7 +530,10 @@ def demo(  # noqa: PLR0917 - typer maps each parameter to an option
             render(report, out)
         if server is not None:
             err.print(f"Still serving [bold]{server.url}[/] for Prometheus; Ctrl-C stops.")
-            threading.Event().wait()
+            try:
+                threading.Event().wait()
+            except KeyboardInterrupt:
+                err.print("stopped")
     except KeyboardInterrupt:
         err.print("stopped")
         raise typer.Exit(130) from None
@@ -580,7 +693,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        app(args=args, prog_name="invariantkit", standalone_mode=False)
+        # Not standalone: an Exit comes back as the return value, errors as exceptions.
+        code = app(args=args, prog_name="invariantkit", standalone_mode=False)
     except CliError as exc:
         _console(stderr=True).print(f"[red]invariantkit: error:[/] {exc}", markup=True)
         return exc.code
@@ -604,7 +718,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "(set INVARIANTKIT_DEBUG=1 for the traceback, and please report it)"
         )
         return EXIT_FAILED
-    return 0
+    return code if isinstance(code, int) else 0
 
 
 def _entry() -> None:  # pragma: no cover - the console script

@@ -87,8 +87,10 @@ def run_demo(
     from invariantkit._demo._pipeline import open_pipeline
     from invariantkit._demo._promql import Rule, evaluate_rule, metric_names, parse, rules_from_yaml
     from invariantkit._demo._report import build_report
+    from invariantkit._demo._service import declare
     from invariantkit._demo._simulation import STORM_RETRIES, Simulation
 
+    declare()
     env = os.environ if environ is None else environ
     real = any(env.get(name) for name in _REAL_BACKENDS)
     started = time.perf_counter()

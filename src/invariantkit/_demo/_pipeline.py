@@ -231,9 +231,9 @@ def _tracing(
     )
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    endpoint = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or environ.get(
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-    )
+    traces_endpoint = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    base = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    endpoint = traces_endpoint or (base.rstrip("/") + "/v1/traces" if base else None)
     resource = Resource.create({"service.name": "invariantkit-demo"})
     # Seeded ids make a run reproducible; a real tracing backend needs unique ids per run.
     ids = _seeded_ids(seed) if seed is not None and not endpoint else None
@@ -267,10 +267,11 @@ def _tracing(
 
         provider.add_span_processor(
             BatchSpanProcessor(
-                Counting(OTLPSpanExporter()),
+                Counting(OTLPSpanExporter(endpoint=endpoint, timeout=5)),
                 max_queue_size=200_000,
                 schedule_delay_millis=500,
                 max_export_batch_size=2048,
+                export_timeout_millis=5_000,
             )
         )
         return (
@@ -305,7 +306,14 @@ def open_pipeline(
     otlp_results = {"exported": 0, "failed": 0}
     posthog_failed = [0]
     provider, span_exporter, trace_dest = _tracing(env, seed, otlp_results)
-    restore.append(provider.shutdown)
+
+    def close_tracing() -> None:
+        from invariantkit.sinks._posthog import bounded
+
+        # A backend that is down must not keep the demo from ending: the exporter retries.
+        bounded(provider.shutdown, 10.0, "invariantkit-demo-tracing")
+
+    restore.append(close_tracing)
     registry = registry if registry is not None else CollectorRegistry()
     sentry_client, sentry_transport, sentry_dest = _sentry(env)
     posthog_messages: list[dict[str, Any]] = []

@@ -785,9 +785,16 @@ class AlertState:
         return bool(self.fired)
 
 
-def evaluate_rule(rule: Rule, timeline: Timeline, end: float) -> AlertState:
-    """Evaluate ``rule`` over the timeline (and a ``for`` past its end, values held), the way
-    Prometheus would at every change point; return when each series' alert fired."""
+def evaluate_rule(
+    rule: Rule, timeline: Timeline, end: float, *, until: float | None = None
+) -> AlertState:
+    """Evaluate ``rule`` over the timeline the way Prometheus would, at every point where its
+    value can change; return when each series' alert fired (each time it went to firing).
+
+    By default the evaluation runs a ``for`` past ``end`` with the values held: the alerts that
+    would fire if the process stopped there. With ``until``, it stops at that time and
+    ``firing_at_end`` lists the series firing then.
+    """
     state = AlertState(rule)
     try:
         node = parse(rule.expr)
@@ -815,11 +822,12 @@ def evaluate_rule(rule: Rule, timeline: Timeline, end: float) -> AlertState:
             points.add(v + n + 1e-3)
     if rule.for_ > 0:
         points |= {p + rule.for_ for p in list(points)}
-    horizon = end + rule.for_ + 1.0
+    horizon = end + rule.for_ + 1.0 if until is None else until
     first = base[0] if base else 0.0
+    if until is not None and until >= first:
+        points.add(until)
     active: dict[Labels, float] = {}
-    fired: set[Labels] = set()
-    last: Vector = {}
+    firing: set[Labels] = set()
     try:
         for t in sorted(p for p in points if first <= p <= horizon):
             value = node.eval(_Ctx(timeline, t))
@@ -827,17 +835,17 @@ def evaluate_rule(rule: Rule, timeline: Timeline, end: float) -> AlertState:
             for labels in list(active):
                 if labels not in vec:
                     del active[labels]
+                    firing.discard(labels)
             for labels, v in vec.items():
                 since = active.setdefault(labels, t)
-                if t - since >= rule.for_ and labels not in fired:
-                    fired.add(labels)
+                if t - since >= rule.for_ and labels not in firing:
+                    firing.add(labels)
                     state.fired.append((t, labels, v))
-            last = vec
     except PromQLError as exc:
         state.error = str(exc)
         state.fired.clear()
         return state
-    state.firing_at_end = [labels for labels in last if labels in fired]
+    state.firing_at_end = sorted(firing)
     return state
 
 

@@ -153,4 +153,10 @@ def render(report: DemoReport, console: Any) -> None:
         )
     else:
         missed = [f.run.spec.title for f in report.faults if not f.caught]
-        console.print(f"[bold red]Not caught everywhere:[/] {', '.join(missed)}")
+        if missed:
+            console.print(f"[bold red]Not caught everywhere:[/] {', '.join(missed)}")
+        if not report.delivered:
+            console.print(
+                "[bold red]Not every signal reached the real backends:[/] "
+                + "; ".join(f"{k}: {v}" for k, v in report.delivery.items())
+            )

@@ -92,9 +92,11 @@ class DemoReport:
     delivery: dict[str, str]
     elapsed: float
 
+    delivered: bool = True  # every configured real backend accepted what it was sent
+
     @property
     def ok(self) -> bool:
-        return bool(self.faults) and all(f.caught for f in self.faults)
+        return bool(self.faults) and all(f.caught for f in self.faults) and self.delivered
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -105,6 +107,7 @@ class DemoReport:
             "elapsed_seconds": round(self.elapsed, 3),
             "destinations": dict(self.destinations),
             "delivery": dict(self.delivery),
+            "delivered": self.delivered,
             "stats": dict(self.sim.stats),
             "faults": [f.as_dict() for f in self.faults],
             "alerts": [
@@ -433,20 +436,24 @@ def build_report(
             )
         )
     delivery: dict[str, str] = {}
+    delivered = True
     for dest in pipeline.destinations:
         if dest.target == "in-process":
             continue
         if dest.backend == "Sentry":
             dropped = getattr(pipeline.sentry_transport, "dropped", 0)
+            delivered = delivered and dropped == 0
             delivery["Sentry"] = (
                 f"{len(pipeline.sentry_envelopes)} envelopes handed to the transport, "
                 f"{dropped} dropped"
             )
         elif dest.backend == "PostHog":
+            delivered = delivered and pipeline.posthog_failed[0] == 0
             delivery["PostHog"] = (
                 f"{len(pipeline.posthog_messages)} events, {pipeline.posthog_failed[0]} failed"
             )
         elif dest.backend == "trace":
+            delivered = delivered and pipeline.otlp_results["failed"] == 0
             delivery["trace"] = (
                 f"{pipeline.otlp_results['exported']} spans exported, "
                 f"{pipeline.otlp_results['failed']} failed"
@@ -461,4 +468,5 @@ def build_report(
         destinations={d.backend: d.target for d in pipeline.destinations},
         delivery=delivery,
         elapsed=elapsed,
+        delivered=delivered,
     )

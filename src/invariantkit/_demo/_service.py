@@ -18,6 +18,7 @@ from typing import Any
 
 import invariantkit as ik
 from invariantkit import billing
+from invariantkit._catalog import Declaration, IdempotentDecl, get_catalog
 from invariantkit._lifecycle import (
     renewal_failed,
     renewal_succeeded,
@@ -32,6 +33,7 @@ __all__ = [
     "PaymentProvider",
     "PaymentProviderUnavailable",
     "Subscription",
+    "declare",
 ]
 
 DAY = 86_400.0
@@ -79,6 +81,30 @@ IDEMPOTENCY_CONSTRAINT = ik.Constraint(
     description="The unique index that prevents double-charging is missing.",
 )
 RENEWAL = ik.monitor_cron(RENEWAL_CRON, every=DAY, max_runtime=300.0, team="billing")
+
+SUBSCRIBE = ik.billing_operation("subscribe", user_facing=True)
+CANCEL = ik.billing_operation("cancel", user_facing=True)
+CHARGE = ik.billing_operation("charge")
+RENEW = ik.billing_operation("renewal", user_facing=True)
+WEBHOOK = ik.billing_operation("payment_webhook")
+CHECK_CONSTRAINTS = ik.billing_operation("verify_billing_constraints")
+
+
+def declare() -> None:
+    """Put the service's declarations in the catalog (again): the generated rules and the
+    metrics at zero depend on them, even if the catalog was reset since this module loaded."""
+    catalog = get_catalog()
+    decls: list[Declaration] = [
+        billing.NO_DOUBLE_CHARGE,
+        billing.CANCELED_NEVER_CHARGED,
+        billing.PERIOD_MUST_ADVANCE,
+        IDEMPOTENCY_CONSTRAINT,
+        RENEWAL.decl,
+        IdempotentDecl("record_payment_event"),
+        *(op.decl for op in (SUBSCRIBE, CANCEL, CHARGE, RENEW, WEBHOOK, CHECK_CONSTRAINTS)),
+    ]
+    for decl in decls:
+        catalog.add(decl)
 
 
 class PaymentProviderUnavailable(Exception):
@@ -214,7 +240,7 @@ class BillingService:
 
     # -- operations -----------------------------------------------------------------------------
 
-    @ik.billing_operation("subscribe", user_facing=True)
+    @SUBSCRIBE
     def subscribe(self, user_id: str, tier_index: int) -> Subscription:
         """Start a subscription; the first period is paid at sign-up."""
         tier, amount, period_days = TIERS[tier_index % len(TIERS)]
@@ -230,7 +256,7 @@ class BillingService:
         subscription_started(sub_id, tier=tier, amount=amount / 100)
         return self.get(sub_id)
 
-    @ik.billing_operation("cancel", user_facing=True)
+    @CANCEL
     def cancel(self, subscription_id: str, reason: str = "user_requested") -> None:
         """Cancel a subscription; it is never charged again."""
         sub = self.get(subscription_id)
@@ -256,7 +282,7 @@ class BillingService:
             )
         return not write.duplicate
 
-    @ik.billing_operation("payment_webhook")
+    @WEBHOOK
     def payment_webhook(self, events: list[tuple[str, str, int, str]]) -> int:
         """The payment provider's webhook: a batch of payment events (subscription id,
         idempotency key, amount, charge id), each recorded idempotently. Returns how many were
@@ -272,7 +298,7 @@ class BillingService:
         ).fetchall()
         return [(str(a), str(b), int(c), str(d)) for a, b, c, d in rows]
 
-    @ik.billing_operation("charge")
+    @CHARGE
     def charge(self, subscription_id: str, key: str) -> str:
         """Charge one period. Canceled subscriptions never reach the provider."""
         sub = self.get(subscription_id)  # the current status, not the cron's snapshot
@@ -289,7 +315,7 @@ class BillingService:
         self.record_payment_event(subscription_id, attempt_key, sub.amount_cents, charge_id)
         return charge_id
 
-    @ik.billing_operation("renewal", user_facing=True)
+    @RENEW
     def renew(self, subscription_id: str) -> None:
         """Charge the next period and advance it; check the three guarantees on the way."""
         sub = self.get(subscription_id)
@@ -319,7 +345,7 @@ class BillingService:
         )
         renewal_succeeded(sub.id, period_number=updated.periods_completed + 1)
 
-    @ik.billing_operation("verify_billing_constraints")
+    @CHECK_CONSTRAINTS
     def check_constraints(self) -> dict[str, bool]:
         """The start-up (and daily) check that the idempotency index still exists."""
         return ik.verify_constraints(self.conn, [IDEMPOTENCY_INDEX])
