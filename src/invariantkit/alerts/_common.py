@@ -215,15 +215,13 @@ def number(value: float) -> str:
 
 
 def cron_missing_after(decl: CronDecl) -> float:
-    """Seconds after its last run when a cron counts as missing: ``every`` plus a margin of a
-    tenth of ``every``, at least ``min(every, 1 minute)``, at most 1 hour.
-
-    For jobs run every minute or less often this is the figure Sentry Crons' check-in margin
-    uses (a daily job: 90000 s, the guide's ``RenewalCronMissing``); faster jobs, which Sentry
-    cannot schedule, get twice their interval.
+    """Seconds after its last run when a cron counts as missing: ``every`` plus Sentry's
+    check-in margin (one formula, shared with :func:`invariantkit._cron.missing_after`; a daily
+    job: 90000 s, the guide's ``RenewalCronMissing``).
     """
-    every = float(decl.every)
-    return every + min(max(every / 10.0, min(every, 60.0)), 3600.0)
+    from invariantkit._cron import missing_after
+
+    return float(missing_after(decl))
 
 
 def cron_missing_for(decl: CronDecl) -> float:
