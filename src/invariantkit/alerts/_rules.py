@@ -277,11 +277,17 @@ def _cron_rules(decl: CronDecl, s: RuleSettings) -> list[AlertRule]:
     status = c.cron_metric(decl, "last_status")
     took = c.cron_metric(decl, "duration_seconds")
     after = c.cron_missing_after(decl)
+    # Over a window, not the instant: a scheduler inside a long-running service loses its gauges
+    # on restart, and plain absent() would page until the next run although the job is fine.
+    window = f"{int(after + min(after, 3600.0))}s"
     return [
         AlertRule(
             group=GROUP_CRONS,
             alert=f"{base}CronMissing",
-            expr=f"absent({ts})\nor\n(time() - max({ts})) > {c.number(after)}\n",
+            expr=(
+                f"absent_over_time({ts}[{window}])\nor\n"
+                f"(time() - max(max_over_time({ts}[{window}]))) > {c.number(after)}\n"
+            ),
             for_=c.duration(c.cron_missing_for(decl)),
             labels={"severity": "warning", "team": decl.team},
             annotations={
