@@ -187,3 +187,30 @@ def test_alertmanager_config_passes_amtool(tmp_path: Path) -> None:
         routed = run_amtool("config", "routes", "test", f"--config.file={path}", *labels)
         assert routed.returncode == 0, routed.stdout + routed.stderr
         assert routed.stdout.strip() == receiver, (labels, routed.stdout)
+
+
+def test_a_restarted_scheduler_does_not_page_while_its_last_run_is_recent(tmp_path: Path) -> None:
+    """A scheduler inside a long-running service loses its gauges on restart: the Missing alert
+    looks back over a window, so it stays silent until the last run is really too old."""
+    catalog = Catalog()
+    catalog.add(CronDecl("nightly_export", every=86400.0, max_runtime=600.0, team="billing"))
+    (tmp_path / RULES).write_text(prometheus_rules(catalog))
+    ts = "cron_nightly_export_last_run_timestamp"
+    tests = {
+        "rule_files": [RULES],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                # One run at t=0 reported for 10 minutes, then the process restarted: no samples.
+                "input_series": [{"series": ts, "values": "0x10 _x60"}],
+                "alert_rule_test": [
+                    {"eval_time": "30m", "alertname": "NightlyExportCronMissing", "exp_alerts": []},
+                    {"eval_time": "70m", "alertname": "NightlyExportCronMissing", "exp_alerts": []},
+                ],
+            }
+        ],
+    }
+    (tmp_path / "tests.yml").write_text(yaml.safe_dump(tests))
+    result = run_promtool("test", "rules", str(tmp_path / "tests.yml"))
+    assert result.returncode == 0, result.stdout + result.stderr
