@@ -403,7 +403,7 @@ def _key_text(key: object, scrubber: Scrubber, limit: int = KEY_LIMIT) -> str:
 
 def safe_tags(tags: Mapping[Any, Any] | None, scrubber: Scrubber) -> dict[str, str]:
     """Tags as ``{str: str}``, each value stringified, scrubbed and cut to 200 characters."""
-    if not tags:
+    if tags is None:
         return {}
     out: dict[str, str] = {}
     try:
@@ -485,7 +485,7 @@ def safe_json(value: Any, scrubber: Scrubber, _depth: int = 0) -> Any:
 
 def safe_mapping(data: Mapping[Any, Any] | None, scrubber: Scrubber) -> dict[str, Any]:
     """``safe_json`` for a mapping at the top level, always returning a dict."""
-    if not data:
+    if data is None:
         return {}
     result = safe_json(data, scrubber) if isinstance(data, Mapping) else None
     if isinstance(result, dict):
