@@ -1,0 +1,192 @@
+"""The dispatcher and its background worker: isolation, bounded flush and shutdown, counting."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import warnings
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+import invariantkit as ik
+from invariantkit._dispatch import Dispatcher, Worker
+
+
+def _record(kind: str = "event", name: str = "e") -> ik.Record:
+    return ik.Record(kind, name, "tracked", "0" * 32, "0" * 16, None, time.time())  # type: ignore[arg-type]
+
+
+def _sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return sum(
+        s.value
+        for f in registry.collect()
+        for s in f.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+class Recording:
+    """A sink that keeps what it got; optionally deferred, raising, or hanging in flush."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        deferred: bool = False,
+        raises: bool = False,
+        hang: threading.Event | None = None,
+    ) -> None:
+        self.name = name  # type: ignore[misc]
+        self.deferred = deferred  # type: ignore[misc]
+        self.raises = raises
+        self.hang = hang
+        self.records: list[ik.Record] = []
+        self.flushed = 0
+        self.flush_calls = 0
+
+    def emit(self, record: ik.Record) -> None:
+        if self.raises:
+            raise RuntimeError(f"{self.name} broke")
+        self.records.append(record)
+
+    def flush(self, timeout: float) -> bool:
+        self.flush_calls += 1
+        if self.hang is not None:
+            self.hang.wait(30)
+        self.flushed += 1
+        return True
+
+    def shutdown(self, timeout: float) -> bool:
+        return self.flush(timeout)
+
+
+def test_a_raising_sink_is_isolated_counted_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A sink that raises on every record: the others get every record, each failure is counted
+    in ``invariantkit_sink_errors_total{sink}``, one warning is logged."""
+    registry = CollectorRegistry()
+    good_inline, good_deferred = Recording("good"), Recording("good_deferred", deferred=True)
+    bad_inline, bad_deferred = (
+        Recording("bad", raises=True),
+        Recording("bad_d", deferred=True, raises=True),
+    )
+    dispatcher = Dispatcher(
+        [bad_inline, ik.sinks.PrometheusMetrics(registry), good_inline, bad_deferred, good_deferred]
+    )
+    caplog.set_level(logging.WARNING, logger="invariantkit")
+    for _ in range(5):
+        dispatcher.emit(_record())
+    assert dispatcher.flush(2.0) is True
+    assert [r.kind for r in good_inline.records].count("event") == 5
+    assert [r.kind for r in good_deferred.records].count("event") == 5
+    assert _sample(registry, "invariantkit_sink_errors_total", sink="bad") == 5
+    assert _sample(registry, "invariantkit_sink_errors_total", sink="bad_d") == 5
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("sink 'bad' failed" in m for m in messages) == 1
+    assert sum("sink 'bad_d' failed" in m for m in messages) == 1
+    assert dispatcher.shutdown(2.0) is True
+
+
+def test_flush_and_shutdown_are_bounded_and_do_not_starve_other_sinks() -> None:
+    """A sink whose flush never returns: ``flush(0.5)`` and ``shutdown(0.5)`` return False in
+    time, the other sinks were flushed meanwhile, and repeated flushes do not pile up threads."""
+    release = threading.Event()
+    stuck, other = Recording("stuck", hang=release), Recording("other")
+    dispatcher = Dispatcher([stuck, other])
+    try:
+        start = time.monotonic()
+        assert dispatcher.flush(0.5) is False
+        assert time.monotonic() - start < 1.0
+        assert other.flushed == 1
+        threads = threading.active_count()
+        for _ in range(5):
+            assert dispatcher.flush(0.1) is False
+        assert stuck.flush_calls == 1  # waited on the stuck call instead of starting new ones
+        assert threading.active_count() <= threads
+        start = time.monotonic()
+        assert dispatcher.shutdown(0.5) is False
+        assert time.monotonic() - start < 1.0
+    finally:
+        release.set()
+
+
+def test_worker_flush_waits_for_earlier_items_only_within_its_timeout() -> None:
+    """``Worker.flush`` returns True once everything submitted before it was handled, and False
+    (in time) when a handler is stuck; ``stop`` is bounded too, and drops are counted."""
+    handled: list[int] = []
+    gate = threading.Event()
+    dropped: list[int] = []
+
+    def handler(item: int) -> None:
+        if item == 99:
+            gate.wait(10)
+        handled.append(item)
+
+    worker = Worker(handler, maxsize=5, on_drop=dropped.append)
+    for i in range(3):
+        assert worker.submit(i)
+    assert worker.flush(2.0) is True
+    assert handled == [0, 1, 2]
+    worker.submit(99)
+    start = time.monotonic()
+    assert worker.flush(0.3) is False
+    assert time.monotonic() - start < 1.0
+    for i in range(10):
+        worker.submit(100 + i)
+    # Five fit behind the stuck one (the timed-out flush's marker may hold a slot); the rest are
+    # dropped and counted.
+    assert sum(dropped) in (5, 6)
+    queued_drops = sum(dropped)
+    start = time.monotonic()
+    assert worker.stop(0.3) is False
+    assert time.monotonic() - start < 1.0
+    assert worker.submit(1) is False  # stopped: dropped and counted, never blocking
+    assert sum(dropped) == queued_drops + 1
+    gate.set()
+
+
+def test_worker_restarts_in_a_forked_child() -> None:
+    """After ``os.fork()`` the child's worker starts its own thread and handles the child's
+    items; what the parent had queued is not handled twice."""
+    read_fd, write_fd = os.pipe()
+    seen: list[Any] = []
+    worker = Worker(seen.append)
+    worker.submit("parent")
+    assert worker.flush(2.0) is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        try:
+            seen.clear()
+            worker.submit("child")
+            ok = worker.flush(5.0)
+            os.write(write_fd, f"{ok} {seen}".encode())
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and os.waitpid(pid, os.WNOHANG) == (0, 0):
+        time.sleep(0.05)
+    with os.fdopen(read_fd) as inp:
+        assert inp.read() == "True ['child']"
+
+
+def test_count_dropped_reaches_the_metrics_of_the_active_configuration() -> None:
+    """``count_dropped`` (what SDK callbacks call) lands in the active configuration's
+    ``invariantkit_sink_dropped_total{sink}``, and never raises, even with none active."""
+    from invariantkit._config import count_dropped
+
+    registry = CollectorRegistry()
+    ik.configure(sinks=[ik.sinks.PrometheusMetrics(registry)])
+    try:
+        count_dropped("posthog", 3)
+        assert _sample(registry, "invariantkit_sink_dropped_total", sink="posthog") == 3
+    finally:
+        ik.shutdown(timeout=1)
+    count_dropped("posthog", 1)  # nothing configured: a no-op
