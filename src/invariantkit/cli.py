@@ -259,6 +259,7 @@ def _kw(**values: Any) -> dict[str, Any]:
 
 @app.command()
 def rules(
+    *,
     module: ModuleOption = None,
     output: OutputFile = None,
     runbook_base_url: RunbookOption = None,
@@ -280,6 +281,7 @@ def rules(
 
 @app.command("rule-tests")
 def rule_tests(
+    *,
     module: ModuleOption = None,
     output: OutputFile = None,
     rule_file: Annotated[
@@ -309,12 +311,21 @@ def rule_tests(
 
 @app.command()
 def dashboards(
+    *,
     module: ModuleOption = None,
     output: OutputDir = None,
     owner: Annotated[
         str | None,
         typer.Option(
             "--owner", help="Owner of the dashboards; default @billing-team.", show_default=False
+        ),
+    ] = None,
+    cron_owner: Annotated[
+        str | None,
+        typer.Option(
+            "--cron-owner",
+            help="Owner of the Cron Job Health dashboard; default: the crons' team.",
+            show_default=False,
         ),
     ] = None,
     runbook_base_url: RunbookOption = None,
@@ -328,7 +339,12 @@ def dashboards(
     boards: dict[str, Any] = _generate(
         "grafana_dashboards",
         get_catalog(),
-        **_kw(owner=owner, runbook_base_url=runbook_base_url, sentry_url=sentry_url),
+        **_kw(
+            owner=owner,
+            cron_owner=cron_owner,
+            runbook_base_url=runbook_base_url,
+            sentry_url=sentry_url,
+        ),
     )
     if output is None:
         _write(_json(boards), None, "dashboards")
@@ -339,6 +355,7 @@ def dashboards(
 
 @app.command("sentry-rules")
 def sentry_rules(
+    *,
     module: ModuleOption = None,
     output: OutputFile = None,
     channel: Annotated[
@@ -364,7 +381,7 @@ def sentry_rules(
 
 
 @app.command("posthog-alerts")
-def posthog_alerts(module: ModuleOption = None, output: OutputFile = None) -> None:
+def posthog_alerts(*, module: ModuleOption = None, output: OutputFile = None) -> None:
     """The guide's PostHog alerts (subscription funnel drop, renewal failure and cancellation
     spikes), as JSON."""
     load_modules(module or [], require=False)
@@ -373,6 +390,7 @@ def posthog_alerts(module: ModuleOption = None, output: OutputFile = None) -> No
 
 @app.command()
 def playbooks(
+    *,
     module: ModuleOption = None,
     output: OutputDir = None,
     runbook_base_url: RunbookOption = None,
@@ -400,7 +418,8 @@ def _file_name(name: str, suffix: str) -> str:
 
 
 @app.command()
-def demo(  # noqa: PLR0917 - typer maps each parameter to an option
+def demo(
+    *,
     subscriptions: Annotated[
         int,
         typer.Option("--subscriptions", "-n", min=10, max=100_000, help="Subscribers to simulate."),
@@ -572,6 +591,7 @@ def _run_with_progress(run: Callable[..., Any], console: Console, *, show: bool,
 
 @app.command()
 def verify(
+    *,
     module: ModuleOption = None,
     alertmanager_config: Annotated[
         Path | None,
@@ -638,6 +658,7 @@ def verify(
 
 @app.command("fire-test-alert")
 def fire_test_alert(
+    *,
     module: ModuleOption = None,
     invariant: Annotated[
         str | None,
@@ -705,12 +726,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except KeyboardInterrupt:
         return 130
+    except typer.TyperException as exc:  # usage errors (typer's own click)
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        return int(getattr(exc, "exit_code", EXIT_INPUT))
     except Exception as exc:
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
         if os.environ.get("INVARIANTKIT_DEBUG"):
             raise
         _console(stderr=True).print(

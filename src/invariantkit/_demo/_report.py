@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -379,6 +380,18 @@ def _constraint_cells(run: FaultRun, got: _Received) -> dict[str, Cell]:
     }
 
 
+def _names(labels: dict[str, str], expr: str, label: str, value: str) -> bool:
+    """The alert is about ``label=value``: by its labels, else by a positive matcher."""
+    if label in labels:
+        return labels[label] == value
+    matcher = re.search(rf'{label}\s*(=~?)\s*"([^"]*)"', expr)
+    if matcher is None:
+        return False
+    if matcher.group(1) == "=":
+        return matcher.group(2) == value
+    return re.fullmatch(matcher.group(2), value) is not None
+
+
 def _fault_alerts(run: FaultRun, alerts: list[AlertState]) -> list[str]:
     """The generated alerts this fault makes fire (on or after the fault, within a day)."""
     spec = run.spec
@@ -394,14 +407,13 @@ def _fault_alerts(run: FaultRun, alerts: list[AlertState]) -> list[str]:
             elif spec.key == "cron_failure":
                 hit = f"cron_{spec.signal}_last_status" in expr
             elif spec.key == "index_dropped":
-                hit = "pg_constraint_exists" in expr and (
-                    lab.get("constraint") == spec.signal or spec.signal in expr
+                hit = "pg_constraint_exists" in expr and _names(
+                    lab, expr, "constraint", spec.signal
                 )
             else:
                 hit = "billing_invariant_violation_total" in expr and (
-                    lab.get("invariant") == spec.signal
-                    or f'"{spec.signal}"' in expr
-                    or f'"{_type_label(run)}"' in expr
+                    _names(lab, expr, "invariant", spec.signal)
+                    or _names(lab, expr, "type", _type_label(run))
                 )
             if hit and state.rule.alert not in names:
                 names.append(state.rule.alert)
