@@ -500,3 +500,98 @@ def test_span_sdk_raising_on_the_call_path(monkeypatch: pytest.MonkeyPatch) -> N
         assert_fanned_out(p)
         assert_delivered(p, "sentry")
         assert_delivered(p, "posthog")
+
+
+# -- Pushgateway: cron runs push their metrics when they end ------------------------------------
+
+PUSH_TIMEOUT = 0.5
+
+
+def _cron_pipeline(monkeypatch: pytest.MonkeyPatch, address: str) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    memory = ik.sinks.Memory()
+    ik.configure(
+        service="billing",
+        sinks=[
+            ik.sinks.PrometheusMetrics(registry, pushgateway=address, push_timeout=PUSH_TIMEOUT),
+            ik.sinks.JsonLogs(),
+            memory,
+        ],
+    )
+    return registry
+
+
+def _run_cron() -> tuple[Any, BaseException | None, float]:
+    cron = ik.monitor_cron("fault_renewal", every=3600, max_runtime=60)
+    original = CardDeclined("provider down")
+    start = time.monotonic()
+    with cron as run:
+        run.processed += 3
+        result = "done"
+    raised: BaseException | None = None
+    try:
+        with cron:
+            raise original
+    except CardDeclined as exc:
+        raised = exc
+    assert raised is original
+    return result, raised, time.monotonic() - start
+
+
+def _cron_metric(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    return sum(
+        s.value
+        for f in registry.collect()
+        for s in f.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+@pytest.mark.slow
+def test_pushgateway_ok_receives_the_run(monkeypatch: pytest.MonkeyPatch, pushgateway: Any) -> None:
+    """The healthy column: a real Pushgateway has the cron's gauges after the run ends."""
+    _cron_pipeline(monkeypatch, pushgateway.address)
+    result, _, _ = _run_cron()
+    assert result == "done"
+    assert pushgateway.metric_value("cron_fault_renewal_last_status") == 0
+    assert pushgateway.metric_value("cron_fault_renewal_processed") == 0
+    start = time.monotonic()
+    ik.shutdown(timeout=2)
+    assert time.monotonic() - start < SHUTDOWN_BOUND
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_pushgateway_fault(fault: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pushgateway refusing, hanging, answering 500 or the client raising: the cron's result and
+    exception are unchanged, the push waits at most ``push_timeout`` (the process is about to
+    exit: this is the one bounded wait on the network, at the end of a run), the in-process
+    metrics and logs have the run, the lost push is counted, shutdown is bounded."""
+    import prometheus_client
+
+    from support.receivers import WebhookReceiver
+
+    with contextlib.ExitStack() as stack:
+        if fault == "refused":
+            address = closed_port_url()
+        else:
+            receiver = stack.enter_context(
+                WebhookReceiver("ok" if fault == "sdk_raises" else fault)
+            )  # type: ignore[arg-type]
+            address = receiver.base_url
+        if fault == "sdk_raises":
+
+            def boom(*args: Any, **kwargs: Any) -> None:
+                raise RuntimeError("the Prometheus client broke (injected by the test)")
+
+            monkeypatch.setattr(prometheus_client, "pushadd_to_gateway", boom)
+        registry = _cron_pipeline(monkeypatch, address)
+        result, raised, elapsed = _run_cron()
+        assert result == "done"
+        assert isinstance(raised, CardDeclined)
+        # Two runs, each ending with one push bounded by push_timeout.
+        assert elapsed < 2 * PUSH_TIMEOUT + CALL_BOUND
+        assert _cron_metric(registry, "cron_fault_renewal_last_status") == 0
+        assert _cron_metric(registry, "invariantkit_sink_dropped_total", sink="prometheus") == 2
+        start = time.monotonic()
+        ik.shutdown(timeout=2)
+        assert time.monotonic() - start < SHUTDOWN_BOUND
