@@ -390,7 +390,9 @@ def _check_routing(art: _Artifacts, path: Path | None, amtool: str | None) -> Ch
     )
     how = "amtool config routes test" if amtool else "the routing tree (amtool not installed)"
     problems: list[str] = []
+    warnings: list[str] = []
     details: list[str] = []
+    routed: dict[tuple[str, str], list[str]] = {}
     for team, severity in pairs:
         labels = {"team": team, "severity": severity}
         try:
@@ -406,7 +408,19 @@ def _check_routing(art: _Artifacts, path: Path | None, amtool: str | None) -> Ch
                 "(no *_configs): add a route for this team"
             )
         else:
+            routed[(team, severity)] = names
             details.append(f"team={team} severity={severity} -> {where}")
+    for (team, severity), names in routed.items():
+        if severity != "test":
+            continue
+        paged = sorted(set(names) & set(routed.get((team, "critical"), [])))
+        if paged:
+            warnings.append(
+                f"test alerts of team {team} go to {', '.join(paged)}, like its critical alerts: "
+                'route severity="test" to a receiver that never pages'
+            )
+    if not problems and warnings:
+        return Check("alerts.routing", item, "warn", warnings[0], [*warnings[1:], *details])
     return _check(
         "alerts.routing",
         item,
@@ -652,13 +666,21 @@ def _check_sampling() -> list[Check]:
         )
     from opentelemetry import trace
 
-    provider = trace.get_tracer_provider()
+    from invariantkit._config import STATE
+
+    provider: Any = trace.get_tracer_provider()
+    for sink in STATE.config.sinks if STATE.config is not None else ():
+        if getattr(sink, "name", "") == "otel_traces" and getattr(sink, "provider", None):
+            provider = getattr(sink, "provider", None)
     sampler = getattr(provider, "sampler", None)
     if sampler is not None:
         description = (
             sampler.get_description() if hasattr(sampler, "get_description") else str(sampler)
         )
-        low = re.search(r"AlwaysOffSampler|TraceIdRatioBased\{(0(\.\d+)?)\}", description)
+        root = re.match(r"ParentBased\{root:(\w+(?:\{[^}]*\})?)", description)
+        effective = root.group(1) if root else description
+        ratio = re.match(r"TraceIdRatioBased\{([\d.eE+-]+)\}", effective)
+        low = effective.startswith("AlwaysOff") or (ratio is not None and float(ratio.group(1)) < 1)
         checks.append(
             Check(
                 "sampling.traces",
