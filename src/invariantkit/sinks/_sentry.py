@@ -75,7 +75,7 @@ def check_transport_queue(client: Any = None) -> str | None:
     if isinstance(size, int) and size < RECOMMENDED_TRANSPORT_QUEUE_SIZE:
         return (
             f"Sentry transport_queue_size={size} drops the rest of a burst of more than {size} "
-            f"events (counted in invariantkit_sink_dropped_total{{sink=\"sentry\"}}); pass "
+            f'events (counted in invariantkit_sink_dropped_total{{sink="sentry"}}); pass '
             f"transport_queue_size={RECOMMENDED_TRANSPORT_QUEUE_SIZE} to sentry_sdk.init()"
         )
     return None
