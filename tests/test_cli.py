@@ -48,8 +48,9 @@ RENEWAL = ik.monitor_cron("subscription_renewal", every=86400, max_runtime=300, 
 def make_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], str]]:
     """Write an application module into a fresh directory (the cwd); return its unique name.
 
-    ``invariantkit.billing`` was imported once for the whole session and the catalog is reset
-    after each test: declare its invariants again, as a fresh process importing it would.
+    Each module starts from an empty catalog, as in a fresh process: ``invariantkit.billing`` is
+    imported once per session, so a module that imports it gets its invariants declared again.
+    (The autouse fixture of conftest.py puts the catalog back after the test.)
     """
     from invariantkit import billing
     from invariantkit._catalog import get_catalog
@@ -59,6 +60,7 @@ def make_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cal
     names: list[str] = []
 
     def make(source: str) -> str:
+        get_catalog().restore(({}, {}, {}, {}, {}))
         if "from invariantkit import billing" in source:
             for invariant in (
                 billing.NO_DOUBLE_CHARGE,

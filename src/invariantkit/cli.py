@@ -8,8 +8,10 @@ one line and exit with status 2; a failed check exits with 1.
 
 Example:
     >>> from invariantkit.cli import main
-    >>> main(["rules", "-m", "invariantkit.billing", "-o", "/dev/null"])
+    >>> main(["sentry-rules", "--channel", "#billing-alerts", "-o", "/dev/null"])
     0
+    >>> main(["rules", "-m", "no_such_module"])  # one line on stderr, no traceback
+    2
 """
 
 from __future__ import annotations

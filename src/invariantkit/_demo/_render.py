@@ -68,43 +68,50 @@ def render(report: DemoReport, console: Any) -> None:
         title_justify="left",
         show_lines=True,
     )
-    table.add_column("Fault", max_width=26)
+    table.add_column("Fault", overflow="fold", ratio=3)
     for backend in BACKENDS:
-        table.add_column(BACKEND_TITLES[backend], max_width=24)
-    table.add_column("Alert", max_width=22)
+        table.add_column(BACKEND_TITLES[backend], overflow="fold", ratio=2)
     for fault in report.faults:
         run = fault.run
-        title = f"[bold]{run.spec.title}[/]\n[dim]{run.spec.signal}, day {run.day}[/]"
+        title = f"[bold]{run.spec.title}[/]\n[dim]day {run.day}[/]"
+        table.add_row(title, *(_cell(fault, b) for b in BACKENDS))
+    console.print(table)
+
+    ids = Table(
+        box=box.SIMPLE,
+        title="Follow one id through every backend (Sentry tag trace_id, the span, the PostHog "
+        "property trace_id, the log field trace_id, the Prometheus exemplar)",
+        title_justify="left",
+    )
+    ids.add_column("Fault", no_wrap=True)
+    ids.add_column("Trace id", no_wrap=True)
+    ids.add_column("User", no_wrap=True)
+    ids.add_column("Alert fired", overflow="fold")
+    ids.add_column("What happened", overflow="fold")
+    for fault in report.faults:
+        run = fault.run
         if fault.alerts:
             alert = "[green]✓[/] " + ", ".join(fault.alerts)
         elif not fault.alert_expected:
             alert = "[yellow]? rules unavailable[/]"
         else:
-            alert = "[red]✗ none fired[/]"
-        table.add_row(title, *(_cell(fault, b) for b in BACKENDS), alert)
-    console.print(table)
-
-    ids = Table(box=box.SIMPLE, title="Follow one id through every backend", title_justify="left")
-    ids.add_column("Fault")
-    ids.add_column("Trace id (Sentry tag trace_id, span, PostHog trace_id, log trace_id, exemplar)")
-    ids.add_column("User")
-    ids.add_column("What happened", max_width=60)
-    for fault in report.faults:
-        run = fault.run
+            alert = "[red]✗ none[/]"
         ids.add_row(
             run.spec.key,
             f"[bold cyan]{run.trace_id}[/]" if run.trace_id else "[red]none[/]",
             run.user_id or "-",
+            alert,
             run.detail,
         )
     console.print(ids)
-    first = next((f.run.trace_id for f in report.faults if f.run.trace_id), None)
-    if first:
+    first = next((f.run for f in report.faults if f.run.trace_id and f.run.user_id), None)
+    if first is not None:
+        tid = first.trace_id
         console.print(
-            f"  Search it: Sentry [cyan]trace_id:{first}[/] · Tempo/Jaeger trace [cyan]{first}[/] · "
-            f"PostHog [cyan]properties.trace_id = '{first}'[/] · Loki "
-            f'[cyan]{{service="invariantkit-demo"}} |= "{first}"[/] · Prometheus exemplar '
-            f"[cyan]trace_id={first}[/]"
+            f"  Follow {first.spec.key}: Sentry [cyan]trace_id:{tid}[/] · Tempo/Jaeger trace "
+            f"[cyan]{tid}[/] · PostHog person [cyan]{first.user_id}[/], property "
+            f'[cyan]trace_id = {tid}[/] · Loki [cyan]{{service="invariantkit-demo"}} |= "{tid}"[/] '
+            f"· Prometheus exemplar [cyan]trace_id={tid}[/]"
         )
 
     alerts = Table(
@@ -112,13 +119,15 @@ def render(report: DemoReport, console: Any) -> None:
         title="Alerts the generated rules would fire (evaluated on the simulated timeline)",
         title_justify="left",
     )
-    alerts.add_column("Alert")
-    alerts.add_column("Severity")
-    alerts.add_column("Team")
-    alerts.add_column("First fired")
-    alerts.add_column("Why")
+    alerts.add_column("Alert", overflow="fold")
+    alerts.add_column("Severity", no_wrap=True)
+    alerts.add_column("Team", no_wrap=True)
+    alerts.add_column("First fired", no_wrap=True)
+    alerts.add_column("For fault", no_wrap=True)
+    alerts.add_column("Why", overflow="fold")
     if report.rules_error:
         console.print(f"[yellow]Alert rules not evaluated:[/] {report.rules_error}")
+    owners = {name: f.run.spec.key for f in report.faults for name in f.alerts}
     for state in report.alerts:
         labels = state.rule.labels
         if state.error:
@@ -127,20 +136,22 @@ def render(report: DemoReport, console: Any) -> None:
                 labels.get("severity", ""),
                 labels.get("team", ""),
                 "[yellow]not evaluated[/]",
+                "",
                 state.error,
             )
             continue
         if not state.fires:
             continue
         when, series, value = state.fired[0]
-        why = ", ".join(f"{k}={v}" for k, v in series) or state.rule.expr
-        still = " (still firing at the end)" if state.firing_at_end else ""
+        why = ", ".join(f"{k}={v}" for k, v in series) or state.rule.annotations.get("summary", "")
+        still = " [dim](still firing)[/]" if state.firing_at_end else ""
         alerts.add_row(
             f"[bold]{state.rule.alert}[/]",
             labels.get("severity", ""),
             labels.get("team", ""),
             _when(report, when) + still,
-            f"{why} = {value:g}",
+            owners.get(state.rule.alert, "[dim]background[/]"),
+            f"{why} (value {value:g})",
         )
     quiet = [s.rule.alert for s in report.alerts if not s.fires and not s.error]
     console.print(alerts)

@@ -27,6 +27,8 @@ __all__ = ["FAULTS", "FaultRun", "FaultSpec", "SimResult", "Simulation"]
 #: The simulated clock starts here (a Monday, UTC).
 START = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc).timestamp()
 HOUR = 3600.0
+#: The nightly renewal run starts at 00:01.
+CRON_HOURS = 1 / 60
 #: The retry storm: idempotent retries (webhook redeliveries of a batch of STORM_BATCH payment
 #: events) over STORM_SECONDS simulated seconds: 11 per second, above the guide's 10 for 5 minutes.
 STORM_RETRIES = 6_600
@@ -289,7 +291,7 @@ class Simulation:
         self._end(run, mark, lambda r: r.kind == "retry")
 
     def _cron_fault(self, spec: FaultSpec, day: int) -> None:
-        self._at(day, 2)
+        self._at(day, CRON_HOURS)
         sub_id = self._make_due()
         user = self._user_of(sub_id)
         run, mark = self._begin(spec, day)
@@ -345,30 +347,32 @@ class Simulation:
     def run(self) -> SimResult:
         total = self.days
         self.timeline.take(self.clock.t)  # every declared series at zero, before anything
+        self.clock.t += 30
         self._startup_check()
-        self._cron()  # the first nightly run: nothing is due yet
-        for i in range(self.n):
-            self.clock.t = START + (i / self.n) * DAY * 0.9
-            self._signup(i)
-        self.timeline.take(self.clock.t)
-        signups = self.n
+        signups = 0
         for day in range(self.days):
             self.progress(day, total, f"day {day + 1}/{self.days}")
             todays = {spec.key: spec for spec in self.plan.get(day, [])}
             cron_faults = [k for k in todays if k not in ("retry_storm", "index_dropped")]
-            self._at(day, 2)
+            self._at(day, CRON_HOURS)
             if cron_faults:
                 self._cron_fault(todays[cron_faults[0]], day)
                 for key in cron_faults[1:]:  # never more than one per day with days >= 7
                     self._cron_fault(todays[key], day)
-            elif day > 0:
+            else:
                 self._cron()
             self.timeline.take(self.clock.t)
+            if day == 0:  # the launch: everyone signs up during the first day
+                for i in range(self.n):
+                    self.clock.t = START + HOUR + (i / self.n) * DAY * 0.9
+                    self._signup(i)
+                signups = self.n
+                self.timeline.take(self.clock.t)
             # During the day: a few cancellations and sign-ups.
             self._at(day, 10)
             active = self.service.active_ids()
             for sub_id in active:
-                if self.rng.random() < 0.01:
+                if self.rng.random() < 0.005:
                     self._cancel(sub_id)
             for _ in range(self.rng.randint(0, max(1, self.n // 50))):
                 self._signup(signups)
