@@ -234,11 +234,6 @@ def test_operation_run_set_attribute_never_raises(key: Any, value: Any) -> None:
         assert op.status == "success"
 
 
-@pytest.mark.xfail(
-    reason="_invariant.py tests `if tags` / `if extra` for truth before making them safe: an "
-    "object whose __bool__ raises loses the whole violation (reported, issue 8)",
-    strict=True,
-)
 def test_tags_and_extra_whose_truth_value_raises() -> None:
     """Tags or extra that are not even truth-testable still let the violation through."""
     with capture_signals() as signals:
@@ -247,12 +242,6 @@ def test_tags_and_extra_whose_truth_value_raises() -> None:
         assert len(signals.violations) == 1
 
 
-@pytest.mark.xfail(
-    reason="_invariant.py assert_invariant: a condition whose truth raises merges extra with "
-    "{**extra, ...}, which raises TypeError into the caller when extra is not a mapping "
-    "(reported, issue 8)",
-    strict=True,
-)
 def test_condition_error_with_non_mapping_extra() -> None:
     """A condition that cannot be evaluated, with an ``extra`` that is not a mapping."""
     with capture_signals() as signals:

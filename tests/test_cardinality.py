@@ -124,11 +124,6 @@ def test_every_label_comes_from_the_allow_list(registry: CollectorRegistry) -> N
     assert names <= ALLOWED_LABELS, names - ALLOWED_LABELS
 
 
-@pytest.mark.xfail(
-    reason="sinks/_prometheus.py caps only error_type: operation (and invariant) names built "
-    "from ids at run time each create series (reported, issue 8)",
-    strict=True,
-)
 def test_operation_names_built_from_ids_are_capped(registry: CollectorRegistry) -> None:
     """A misuse such as ``ik.operation(f"charge_{subscription_id}")`` cannot grow the series
     without bound: ``operation`` values are capped like ``error_type``."""

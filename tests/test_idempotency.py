@@ -245,6 +245,22 @@ class TestUnexpectedDatabaseError:
         assert OP in str(exc)
         assert error in str(exc)
 
+    def test_one_sentry_event_when_the_dberror_fails_the_operation(
+        self, signals: Signals, db: sqlite3.Connection
+    ) -> None:
+        """A DbError that also fails the enclosing operation is one Sentry event, not two."""
+        with pytest.raises(ik.DbError), ik.billing_operation("renewal"):
+            with ik.idempotent_write(OP, key=KEY), db:
+                db.execute("INSERT INTO missing_table VALUES (1)")
+        [event] = signals.sentry_events
+        assert sentry_exception_type(event) == "OperationalError"
+        assert (
+            signals.metric(
+                "billing_operation_errors_total", operation="renewal", error_type="DbError"
+            )
+            == 1.0
+        )
+
     def test_dberror_without_a_key(self, signals: Signals, db: sqlite3.Connection) -> None:
         """No key: DbError.key is None and no key tag is sent."""
         with pytest.raises(ik.DbError) as info, ik.idempotent_write(OP):

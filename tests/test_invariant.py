@@ -579,3 +579,26 @@ class TestArbitraryValues:
         [violation] = signals.violations
         assert len(violation.attributes["blob"]) <= TAG_VALUE_LIMIT
         assert len(violation.extra["blob"]) <= STRING_LIMIT
+
+
+def test_shared_references_in_extra_are_bounded_by_a_node_budget() -> None:
+    """``[x] * 100`` nested three deep is a million values by reference: the report visits a
+    bounded number of them instead of walking all on the caller's thread."""
+    from invariantkit._safe import DEPTH_LIMIT, ITEMS_LIMIT, NODES_LIMIT
+
+    leaf = [0] * 100
+    shared = [[leaf] * 100] * 100
+    with capture_signals(sentry=False, posthog=False, traces=False) as signals:
+        ik.report_violation(billing.NO_DOUBLE_CHARGE, extra={"charge_events": shared})
+        [record] = signals.violations
+
+    def count(value: object) -> int:
+        if isinstance(value, dict):
+            return 1 + sum(count(v) for v in value.values())
+        if isinstance(value, list):
+            return 1 + sum(count(v) for v in value)
+        return 1
+
+    # Once the budget is spent, each container still open adds at most one placeholder per item.
+    assert count(record.extra) <= NODES_LIMIT + ITEMS_LIMIT * DEPTH_LIMIT
+    assert "too large to report" in json.dumps(record.extra)

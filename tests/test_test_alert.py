@@ -287,3 +287,14 @@ class TestTestMode:
             assert names >= {"NO_DOUBLE_CHARGE"}
         finally:
             ik.shutdown()
+
+
+def test_test_alerts_group_apart_from_the_real_issue() -> None:
+    """A test alert has its own Sentry fingerprint: it never joins or regresses the real issue."""
+    with capture_signals() as signals:
+        ik.report_violation(billing.NO_DOUBLE_CHARGE)
+        fire_test_alert(billing.NO_DOUBLE_CHARGE)
+        real, test = signals.sentry_events
+    assert real["fingerprint"] == ["invariantkit", "NO_DOUBLE_CHARGE"]
+    assert test["fingerprint"] == ["invariantkit", "test", "NO_DOUBLE_CHARGE"]
+    assert test["level"] == "warning"

@@ -71,8 +71,8 @@ def emit_violation(
     d = STATE.dispatcher or dispatcher()
     config = current_config()
     scrubber = config.scrubber
-    safe = safe_tags(tags, scrubber) if tags else {}
-    safe_extra = safe_mapping(extra, scrubber) if extra else {}
+    safe = safe_tags(tags, scrubber) if tags is not None else {}
+    safe_extra = safe_mapping(extra, scrubber) if extra is not None else {}
     span: trace.Span | None = None
     otel_token = corr_token = None
     current = trace.get_current_span()
@@ -204,7 +204,13 @@ def assert_invariant(
         if condition:
             return True
     except Exception as exc:  # a condition whose truth cannot be told is reported as violated
-        extra = {**(extra or {}), "invariantkit.condition_error": safe_str(exc, 500)}
+        merged: dict[Any, Any] = {"invariantkit.condition_error": safe_str(exc, 500)}
+        given: object = extra
+        if isinstance(given, Mapping):
+            merged = {**given, **merged}
+        elif given is not None:
+            merged["extra"] = given  # not a mapping: still reported, made safe like any value
+        extra = merged
     report_violation(invariant, tags=tags, extra=extra)
     return False
 

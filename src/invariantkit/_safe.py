@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import logging
 import math
 import re
@@ -31,6 +32,9 @@ KEY_LIMIT = 128
 STRING_LIMIT = 8192
 DEPTH_LIMIT = 6
 ITEMS_LIMIT = 100
+#: Values visited in one reported structure: shared references (``[x] * 100`` nested four deep)
+#: would otherwise multiply into 10**8 nodes on the caller's thread.
+NODES_LIMIT = 2000
 REDACTED = "[redacted]"
 # Text is scrubbed on a window a little longer than what is kept, so that a secret cut in two
 # by the length limit is still recognised whole (an e-mail is at most 254 characters).
@@ -436,9 +440,21 @@ def _scalar_text(value: object) -> str:
     return safe_str(value, STRING_LIMIT + _SCRUB_MARGIN)
 
 
-def safe_json(value: Any, scrubber: Scrubber, _depth: int = 0) -> Any:
-    """A JSON-serialisable, scrubbed copy of ``value``: depth, length and size bounded."""
+class _Budget:
+    __slots__ = ("nodes",)
+
+    def __init__(self) -> None:
+        self.nodes = NODES_LIMIT
+
+
+def safe_json(
+    value: Any, scrubber: Scrubber, _depth: int = 0, _budget: _Budget | None = None
+) -> Any:
+    """A JSON-serialisable, scrubbed copy of ``value``: depth, length, node count and size
+    bounded (at most ``NODES_LIMIT`` values are visited, whatever the structure)."""
+    budget = _budget if _budget is not None else _Budget()
     try:
+        budget.nodes -= 1
         if value is None or isinstance(value, bool):
             return value
         if isinstance(value, int):
@@ -452,6 +468,8 @@ def safe_json(value: Any, scrubber: Scrubber, _depth: int = 0) -> Any:
                 scrubbed = scrubber.scrub_number(int(value))
                 return REDACTED if scrubbed == REDACTED else value
             return value
+        if budget.nodes < 0:
+            return f"<{type(value).__name__} left out: the value is too large to report>"
         if isinstance(value, str):
             return scrubbed_str(value, scrubber)
         if _depth >= DEPTH_LIMIT:
@@ -459,25 +477,26 @@ def safe_json(value: Any, scrubber: Scrubber, _depth: int = 0) -> Any:
             return f"<{type(value).__name__} nested deeper than {DEPTH_LIMIT} levels>"
         if isinstance(value, Mapping):
             out: dict[str, Any] = {}
-            for i, (k, v) in enumerate(list(value.items())):
+            items = list(itertools.islice(value.items(), ITEMS_LIMIT + 1))
+            for i, (k, v) in enumerate(items):
                 if i >= ITEMS_LIMIT:
                     out["…"] = f"{len(value) - ITEMS_LIMIT} more"
                     break
                 raw_key = safe_str(k, KEY_LIMIT + _SCRUB_MARGIN)
                 key = _key_text(raw_key, scrubber)
                 if scrubber.key_is_allowed(raw_key):
-                    out[key] = safe_json(v, NO_SCRUB, _depth + 1)
+                    out[key] = safe_json(v, NO_SCRUB, _depth + 1, budget)
                 elif scrubber.key_is_denied(raw_key):
                     out[key] = REDACTED
                 else:
-                    out[key] = safe_json(v, scrubber, _depth + 1)
+                    out[key] = safe_json(v, scrubber, _depth + 1, budget)
             return out
         if isinstance(value, (list, tuple, set, frozenset)):
-            seq = list(value)
-            items = [safe_json(v, scrubber, _depth + 1) for v in seq[:ITEMS_LIMIT]]
-            if len(seq) > ITEMS_LIMIT:
-                items.append(f"… {len(seq) - ITEMS_LIMIT} more")
-            return items
+            seq = list(itertools.islice(value, ITEMS_LIMIT))
+            result = [safe_json(v, scrubber, _depth + 1, budget) for v in seq]
+            if len(value) > ITEMS_LIMIT:
+                result.append(f"… {len(value) - ITEMS_LIMIT} more")
+            return result
         return scrubbed_str(value, scrubber)
     except BaseException:
         return "<unreportable>"

@@ -51,6 +51,7 @@ DURATION_BUCKETS = (
 LABEL_VALUE_CAP = 100
 #: Bound on one Pushgateway push at the end of a cron run (seconds).
 PUSH_TIMEOUT = 2.0
+_OTHER = "\x00other"  # the folded operations' key: never a valid operation name
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 
 
@@ -254,9 +255,10 @@ def _redacted(url: str) -> str:
 
 
 class _OpChildren:
-    __slots__ = ("errors", "fail_count", "fail_hist", "ok_count", "ok_hist", "seen_errors")
+    __slots__ = ("errors", "fail_count", "fail_hist", "label", "ok_count", "ok_hist")
 
     def __init__(self, fams: _Families, name: str) -> None:
+        self.label = name
         self.ok_count = fams.operation_total.labels(name, "success")
         self.fail_count = fams.operation_total.labels(name, "failure")
         self.ok_hist = fams.operation_duration.labels(name, "success")
@@ -357,20 +359,36 @@ class PrometheusMetrics:
         # Missing/Failed alerts. Their series appear when a run ends or a check runs.
         kind = decl.kind
         if kind == "operation":
-            if decl.name not in self._ops:
-                self._ops[decl.name] = _OpChildren(self.families, decl.name)
+            self._op_children(decl.name)
         elif kind == "invariant":
             self._violation_child(decl, test=False)
         elif kind == "idempotent":
             self._retry_child(decl.name)
 
+    def _op_children(self, name: str) -> _OpChildren:
+        """The pre-bound children of operation ``name``; past LABEL_VALUE_CAP operations (names
+        built from ids at run time) they fold into ``operation="other"``, never cached by name."""
+        ops = self._ops.get(name)
+        if ops is None:
+            if self._bounded("billing_operation_total/operation", name) == name:
+                ops = self._ops[name] = _OpChildren(self.families, name)
+            else:
+                ops = self._ops.get(_OTHER)
+                if ops is None:
+                    ops = self._ops[_OTHER] = _OpChildren(self.families, "other")
+        return ops
+
     def _violation_child(self, decl: Any, *, test: bool) -> Any:
         key = (decl.name, test)
         child = self._violations.get(key)
         if child is None:
+            name = self._bounded("billing_invariant_violation_total/invariant", decl.name)
             type_ = f"test_{decl.type}" if test and not decl.type.startswith("test_") else decl.type
-            child = self.families.violations.labels(type_, decl.name, "true" if test else "false")
-            self._violations[key] = child
+            if name != decl.name:
+                type_ = "other"
+            child = self.families.violations.labels(type_, name, "true" if test else "false")
+            if name == decl.name:  # folded values are not cached: the dict stays bounded
+                self._violations[key] = child
         return child
 
     def _retry_child(self, name: str) -> Any:
@@ -402,9 +420,7 @@ class PrometheusMetrics:
     def emit(self, record: Record) -> None:
         kind = record.kind
         if kind == "operation":
-            ops = self._ops.get(record.name)
-            if ops is None:
-                ops = self._ops[record.name] = _OpChildren(self.families, record.name)
+            ops = self._ops.get(record.name) or self._op_children(record.name)
             duration = record.duration or 0.0
             if record.status == "success":
                 ops.ok_count.inc()
@@ -417,8 +433,8 @@ class PrometheusMetrics:
             )
             child = ops.errors.get(error_type)
             if child is None:
-                bounded = self._bounded(f"billing_operation_errors_total/{record.name}", error_type)
-                child = self.families.operation_errors.labels(record.name, bounded)
+                bounded = self._bounded(f"billing_operation_errors_total/{ops.label}", error_type)
+                child = self.families.operation_errors.labels(ops.label, bounded)
                 if bounded == error_type:  # folded values are not cached: the dict stays bounded
                     ops.errors[error_type] = child
             child.inc()

@@ -222,6 +222,8 @@ class Sentry:
         if kind == "operation":
             if record.status != "failure" or not isinstance(record.exception, Exception):
                 return
+            if _already_reported(record.exception):
+                return  # an idempotent write's DbError: its database error was sent once already
             decl = record.declaration
             tags = {"operation": record.name, "domain": getattr(decl, "domain", "billing")}
             tags.update(_safe_attributes(record.attributes))
@@ -240,7 +242,12 @@ class Sentry:
             kwargs = self._scope_kwargs(record, tags)
             if record.extra:
                 kwargs["extras"] = dict(record.extra)
-            kwargs["fingerprint"] = ["invariantkit", record.name]
+            # Test alerts group apart: they must never join (or regress) the real issue.
+            kwargs["fingerprint"] = (
+                ["invariantkit", "test", record.name]
+                if record.test
+                else ["invariantkit", record.name]
+            )
             self._capture("capture_message", record.name, level, **kwargs)
         elif kind == "db_error":
             if record.exception is None:
@@ -307,3 +314,11 @@ def _safe_attributes(attributes: Any) -> dict[str, str]:
     from invariantkit._safe import safe_tags
 
     return safe_tags(attributes, current_config().scrubber)
+
+
+def _already_reported(exc: BaseException) -> bool:
+    """True for an ``ik.DbError``: ``idempotent_write`` sent the database error it wraps, tagged
+    with the write's operation; sending the wrapper too would make two events of one failure."""
+    from invariantkit._idempotency import DbError
+
+    return isinstance(exc, DbError)
