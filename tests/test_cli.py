@@ -342,6 +342,32 @@ class TestDemo:
         assert caught["double_charge"] is False
         assert caught["canceled_charge"] is True
 
+    def test_write_rules_for_a_prometheus_scraping_serve(
+        self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """--write-rules: the rules the demo evaluates, valid for promtool, cron and constraint
+        included."""
+        for var in (
+            "SENTRY_DSN",
+            "POSTHOG_PROJECT_API_KEY",
+            "POSTHOG_API_KEY",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ):
+            monkeypatch.delenv(var, raising=False)
+        target = tmp_path / "invariantkit-rules.yml"
+        code, out, _ = run(
+            capsys, "demo", "-n", "20", "-d", "8", "--json", "--write-rules", str(target)
+        )
+        assert code == 0
+        evaluated = {a["alert"] for a in json.loads(out)["alerts"]}
+        written = {
+            r["alert"] for g in yaml.safe_load(target.read_text())["groups"] for r in g["rules"]
+        }
+        assert written == evaluated
+        assert {"SubscriptionRenewalCronFailed", "NoDoubleChargeViolated"} <= written
+        checked = run_promtool("check", "rules", str(target))
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+
     @pytest.mark.parametrize(
         ("args", "expected"),
         [

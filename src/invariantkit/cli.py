@@ -463,6 +463,15 @@ def demo(
             show_default=False,
         ),
     ] = None,
+    write_rules: Annotated[
+        Path | None,
+        typer.Option(
+            "--write-rules",
+            help="Also write the generated Prometheus rules for the demo's declarations to this "
+            "file (for a Prometheus scraping --serve).",
+            show_default=False,
+        ),
+    ] = None,
     storm: Annotated[
         int | None,
         typer.Option("--storm", min=20, hidden=True, help="Idempotent retries in the retry storm."),
@@ -494,6 +503,13 @@ def demo(
             rules_text = rules_file.read_text(encoding="utf-8")
         except OSError as exc:
             _fail(f"--rules {rules_file}: {exc.strerror or exc}")
+    if write_rules is not None:
+        from invariantkit._demo import generated_rules
+
+        text, error = generated_rules()
+        if text is None:
+            _fail(f"--write-rules: {error}", EXIT_FAILED)
+        _write(text, write_rules, "the demo's alert rules")
     server = None
     keep: list[Any] = []
     registry = None

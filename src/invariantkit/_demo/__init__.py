@@ -39,7 +39,11 @@ _REAL_BACKENDS = (
 
 
 def generated_rules() -> tuple[str | None, str | None]:
-    """The Prometheus rule file generated from the catalog, or (None, why not)."""
+    """The Prometheus rule file generated for the demo service's declarations (and whatever
+    else the catalog holds), or (None, why not)."""
+    from invariantkit._demo._service import declare
+
+    declare()
     try:
         from invariantkit import alerts
     except ImportError as exc:

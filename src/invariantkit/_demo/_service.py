@@ -19,16 +19,19 @@ from typing import Any
 import invariantkit as ik
 from invariantkit import billing
 from invariantkit._catalog import Declaration, IdempotentDecl, get_catalog
+from invariantkit._cron import Cron
 from invariantkit._lifecycle import (
     renewal_failed,
     renewal_succeeded,
     subscription_canceled,
     subscription_started,
 )
+from invariantkit._operation import Operation
 
 __all__ = [
     "IDEMPOTENCY_INDEX",
     "BillingService",
+    "Declared",
     "Faults",
     "PaymentProvider",
     "PaymentProviderUnavailable",
@@ -74,37 +77,63 @@ TIERS: tuple[tuple[str, int, int], ...] = (
     ("horoscope-pro", 1200, 14),
 )
 
-IDEMPOTENCY_CONSTRAINT = ik.Constraint(
-    IDEMPOTENCY_INDEX,
-    team="platform",
-    summary="CRITICAL: Billing idempotency constraint missing from database",
-    description="The unique index that prevents double-charging is missing.",
-)
-RENEWAL = ik.monitor_cron(RENEWAL_CRON, every=DAY, max_runtime=300.0, team="billing")
 
-SUBSCRIBE = ik.billing_operation("subscribe", user_facing=True)
-CANCEL = ik.billing_operation("cancel", user_facing=True)
-CHARGE = ik.billing_operation("charge")
-RENEW = ik.billing_operation("renewal", user_facing=True)
-WEBHOOK = ik.billing_operation("payment_webhook")
-CHECK_CONSTRAINTS = ik.billing_operation("verify_billing_constraints")
+@dataclass(frozen=True)
+class Declared:
+    """The service's declarations: made on first use, not at import (importing this module
+    must not add a cron, a constraint and six operations to an application's catalog)."""
+
+    constraint: ik.Constraint
+    renewal: Cron
+    subscribe: Operation
+    cancel: Operation
+    charge: Operation
+    renew: Operation
+    webhook: Operation
+    check_constraints: Operation
 
 
-def declare() -> None:
-    """Put the service's declarations in the catalog (again): the generated rules and the
-    metrics at zero depend on them, even if the catalog was reset since this module loaded."""
+_DECLARED: list[Declared] = []
+
+
+def declare() -> Declared:
+    """Make the service's declarations (first call) and put them in the catalog again: the
+    generated rules and the metrics at zero depend on them, even after a catalog reset."""
+    if not _DECLARED:
+        _DECLARED.append(
+            Declared(
+                constraint=ik.Constraint(
+                    IDEMPOTENCY_INDEX,
+                    team="platform",
+                    summary="CRITICAL: Billing idempotency constraint missing from database",
+                    description="The unique index that prevents double-charging is missing.",
+                ),
+                renewal=ik.monitor_cron(RENEWAL_CRON, every=DAY, max_runtime=300.0, team="billing"),
+                subscribe=ik.billing_operation("subscribe", user_facing=True),
+                cancel=ik.billing_operation("cancel", user_facing=True),
+                charge=ik.billing_operation("charge"),
+                renew=ik.billing_operation("renewal", user_facing=True),
+                webhook=ik.billing_operation("payment_webhook"),
+                check_constraints=ik.billing_operation("verify_billing_constraints"),
+            )
+        )
+    d = _DECLARED[0]
     catalog = get_catalog()
     decls: list[Declaration] = [
         billing.NO_DOUBLE_CHARGE,
         billing.CANCELED_NEVER_CHARGED,
         billing.PERIOD_MUST_ADVANCE,
-        IDEMPOTENCY_CONSTRAINT,
-        RENEWAL.decl,
+        d.constraint,
+        d.renewal.decl,
         IdempotentDecl("record_payment_event"),
-        *(op.decl for op in (SUBSCRIBE, CANCEL, CHARGE, RENEW, WEBHOOK, CHECK_CONSTRAINTS)),
+        *(
+            op.decl
+            for op in (d.subscribe, d.cancel, d.charge, d.renew, d.webhook, d.check_constraints)
+        ),
     ]
     for decl in decls:
         catalog.add(decl)
+    return d
 
 
 class PaymentProviderUnavailable(Exception):
@@ -162,6 +191,13 @@ class BillingService:
     ``clock`` returns the (simulated) current time in epoch seconds.
     """
 
+    subscribe: Callable[[str, int], Subscription]
+    cancel: Callable[..., None]
+    payment_webhook: Callable[[list[tuple[str, str, int, str]]], int]
+    charge: Callable[[str, str], str]
+    renew: Callable[[str], None]
+    check_constraints: Callable[[], dict[str, bool]]
+
     def __init__(
         self, conn: sqlite3.Connection, clock: Callable[[], float], faults: Faults
     ) -> None:
@@ -170,6 +206,15 @@ class BillingService:
         self.faults = faults
         self.provider = PaymentProvider(faults)
         self._ids = 0
+        d = declare()
+        self._renewal = d.renewal
+        # Each public method is an operation: span, metrics, Sentry, logs, PostHog.
+        self.subscribe = d.subscribe(self._subscribe)
+        self.cancel = d.cancel(self._cancel)
+        self.payment_webhook = d.webhook(self._payment_webhook)
+        self.charge = d.charge(self._charge)
+        self.renew = d.renew(self._renew)
+        self.check_constraints = d.check_constraints(self._check_constraints)
 
     @classmethod
     def create(cls, clock: Callable[[], float], faults: Faults | None = None) -> BillingService:
@@ -240,8 +285,7 @@ class BillingService:
 
     # -- operations -----------------------------------------------------------------------------
 
-    @SUBSCRIBE
-    def subscribe(self, user_id: str, tier_index: int) -> Subscription:
+    def _subscribe(self, user_id: str, tier_index: int) -> Subscription:
         """Start a subscription; the first period is paid at sign-up."""
         tier, amount, period_days = TIERS[tier_index % len(TIERS)]
         self._ids += 1
@@ -256,8 +300,7 @@ class BillingService:
         subscription_started(sub_id, tier=tier, amount=amount / 100)
         return self.get(sub_id)
 
-    @CANCEL
-    def cancel(self, subscription_id: str, reason: str = "user_requested") -> None:
+    def _cancel(self, subscription_id: str, reason: str = "user_requested") -> None:
         """Cancel a subscription; it is never charged again."""
         sub = self.get(subscription_id)
         self.conn.execute(
@@ -282,8 +325,7 @@ class BillingService:
             )
         return not write.duplicate
 
-    @WEBHOOK
-    def payment_webhook(self, events: list[tuple[str, str, int, str]]) -> int:
+    def _payment_webhook(self, events: list[tuple[str, str, int, str]]) -> int:
         """The payment provider's webhook: a batch of payment events (subscription id,
         idempotency key, amount, charge id), each recorded idempotently. Returns how many were
         new; a redelivered event is absorbed by the unique index."""
@@ -298,8 +340,7 @@ class BillingService:
         ).fetchall()
         return [(str(a), str(b), int(c), str(d)) for a, b, c, d in rows]
 
-    @CHARGE
-    def charge(self, subscription_id: str, key: str) -> str:
+    def _charge(self, subscription_id: str, key: str) -> str:
         """Charge one period. Canceled subscriptions never reach the provider."""
         sub = self.get(subscription_id)  # the current status, not the cron's snapshot
         billing.guard_chargeable(subscription_id, sub.status)
@@ -315,8 +356,7 @@ class BillingService:
         self.record_payment_event(subscription_id, attempt_key, sub.amount_cents, charge_id)
         return charge_id
 
-    @RENEW
-    def renew(self, subscription_id: str) -> None:
+    def _renew(self, subscription_id: str) -> None:
         """Charge the next period and advance it; check the three guarantees on the way."""
         sub = self.get(subscription_id)
         key = f"renewal:{sub.id}:{int(sub.current_period_end)}"
@@ -345,8 +385,7 @@ class BillingService:
         )
         renewal_succeeded(sub.id, period_number=updated.periods_completed + 1)
 
-    @CHECK_CONSTRAINTS
-    def check_constraints(self) -> dict[str, bool]:
+    def _check_constraints(self) -> dict[str, bool]:
         """The start-up (and daily) check that the idempotency index still exists."""
         return ik.verify_constraints(self.conn, [IDEMPOTENCY_INDEX])
 
@@ -354,7 +393,7 @@ class BillingService:
         """Renew every due subscription; returns (renewed, failed). Raises when the provider is
         down: the run (its own trace) is then reported as failed, and the next run catches up."""
         renewed = failed = 0
-        with RENEWAL as run:
+        with self._renewal as run:
             for sub in self.due():
                 if self.faults.before_charge is not None:
                     self.faults.before_charge(sub.id)
