@@ -310,3 +310,35 @@ class TestInjectExtract:
                 return ik.correlation_id(), USER.get()
 
         assert contextvars.Context().run(callee) == (format(trace_id, "032x"), user)
+
+
+class TestTrack:
+    def test_product_event_with_trace_and_user(self, signals: Signals) -> None:
+        """``ik.track`` sends the event to PostHog with the trace id and the bound user, and
+        scrubs its properties like tags."""
+
+        @ik.billing_operation("signup")
+        def signup() -> str:
+            ik.track("subscription_started", tier="plus", email="jane@example.com", amount=5.0)
+            return ik.correlation_id()
+
+        with ik.identify("user_42"):
+            cid = signup()
+        [message] = signals.posthog_events
+        assert message["event"] == "subscription_started"
+        assert message["distinct_id"] == "user_42"
+        assert message["properties"]["trace_id"] == cid
+        assert message["properties"]["tier"] == "plus"
+        assert message["properties"]["amount"] == 5.0
+        assert "jane@example.com" not in str(message["properties"])
+        [record] = [r for r in signals.records if r.kind == "event"]
+        assert (record.trace_id, record.user_id) == (cid, "user_42")
+
+    @pytest.mark.parametrize("name", ["", 42, "bad\nname", "x" * 201])
+    def test_invalid_event_names_are_dropped_never_raised(
+        self, signals: Signals, name: Any, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A bad event name is logged and dropped: product analytics never break a request."""
+        ik.track(name)
+        assert signals.posthog_events == []
+        assert any("track() event name" in r.getMessage() for r in caplog.records)
