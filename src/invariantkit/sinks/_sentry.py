@@ -207,6 +207,8 @@ class Sentry:
         # like tags (failure path only).
         from invariantkit._config import current_config
 
+        if not first_report(exc):
+            return  # nested operations (charge inside renewal inside the cron): one event
         self._hook()
         sdk = self._sdk
         with sdk.new_scope() as scope:
@@ -322,3 +324,22 @@ def _already_reported(exc: BaseException) -> bool:
     from invariantkit._idempotency import DbError
 
     return isinstance(exc, DbError)
+
+
+_REPORTED = "_invariantkit_sentry_reported"
+
+
+def first_report(exc: BaseException) -> bool:
+    """Mark ``exc`` as sent to Sentry; False when it already was.
+
+    An exception that fails nested operations (a charge inside a renewal inside a cron run) is
+    one failure: the innermost operation, which knows most, reports it, the others only count it.
+    Exceptions do not support weak references, so the mark is an attribute on the exception.
+    """
+    if getattr(exc, _REPORTED, False):
+        return False
+    try:
+        setattr(exc, _REPORTED, True)
+    except Exception:
+        pass  # an exception type with __slots__: report it every time rather than never
+    return True
