@@ -18,7 +18,7 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any, TypeVar, overload
@@ -273,6 +273,12 @@ class Cron:
 
     Attributes:
         decl: the :class:`~invariantkit._catalog.CronDecl` in the catalog (seconds).
+
+    Example:
+        >>> import invariantkit as ik
+        >>> export = ik.monitor_cron("nightly_export", every=86400, max_runtime=600)
+        >>> isinstance(export, ik.Cron), export.missing_after
+        (True, 90000.0)
     """
 
     __slots__ = ("_active", "decl")
@@ -391,7 +397,9 @@ class Cron:
     # -- decorator ----------------------------------------------------------------------------
 
     @overload
-    def __call__(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]: ...
+    def __call__(
+        self, fn: Callable[P, Coroutine[Any, Any, R]]
+    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
     @overload
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]: ...
 
@@ -417,7 +425,9 @@ class Cron:
 
         return wrapper
 
-    def _wrap_async(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    def _wrap_async(
+        self, fn: Callable[P, Coroutine[Any, Any, R]]
+    ) -> Callable[P, Coroutine[Any, Any, R]]:
         @functools.wraps(fn)
         async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
             async with self:

@@ -174,6 +174,17 @@ class IdempotentWrite:
         key: the idempotency key, as given (logs, Sentry and span only; never a metric label).
         duplicate: True after the block hit a unique constraint (an expected retry).
         trace_id: the correlation id of the retry or error report ("" when neither happened).
+
+    Example:
+        >>> import sqlite3
+        >>> import invariantkit as ik
+        >>> db = sqlite3.connect(":memory:")
+        >>> _ = db.execute("CREATE TABLE events (key TEXT PRIMARY KEY)")
+        >>> for attempt in range(2):
+        ...     with ik.idempotent_write("record_payment_event", key="evt_1") as write, db:
+        ...         _ = db.execute("INSERT INTO events VALUES ('evt_1')")
+        >>> isinstance(write, ik.IdempotentWrite), write.duplicate
+        (True, True)
     """
 
     __slots__ = ("duplicate", "key", "operation", "trace_id")

@@ -40,8 +40,6 @@ LIFECYCLE_EVENTS: tuple[str, ...] = (
     SUBSCRIPTION_CANCELED,
 )
 
-#: Failure reasons kept as metric label values; any other reason is counted as ``other``
-#: (the PostHog event still carries the exact reason).
 RENEWAL_FAILURE_REASONS: frozenset[str] = frozenset(
     {
         "insufficient_funds",
@@ -55,6 +53,14 @@ RENEWAL_FAILURE_REASONS: frozenset[str] = frozenset(
         "other",
     }
 )
+"""Failure reasons kept as ``billing_renewal_failures_total{reason}`` label values; any other
+reason is counted as ``other`` (the PostHog event still carries the exact reason).
+
+Example:
+    >>> from invariantkit import billing
+    >>> "insufficient_funds" in billing.RENEWAL_FAILURE_REASONS
+    True
+"""
 
 
 def failure_reason_label(reason: str) -> str:

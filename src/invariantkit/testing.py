@@ -1064,9 +1064,13 @@ def capture_signals(
             series exist at zero; no delayed test alert fires (call ``ik.fire_test_alert()``).
         scrub: as in :func:`invariantkit.configure`: a ``Scrubber``, True/None for the default,
             False for none.
-        service, environment: what the log lines, spans and Sentry events say.
-        traces, metrics, sentry, posthog: capture that backend (True: its SDK must be installed,
-            else ``SinkUnavailable``; None, the default: when its SDK is installed; False: off).
+        service: the service name the log lines, spans and Sentry events say.
+        environment: the environment the log lines and Sentry events say.
+        traces: capture OpenTelemetry spans (True: the SDK must be installed, else
+            ``SinkUnavailable``; None, the default: when it is installed; False: off).
+        metrics: capture Prometheus metrics (same values as ``traces``).
+        sentry: capture Sentry events (same values as ``traces``).
+        posthog: capture PostHog events (same values as ``traces``).
         extra_sinks: more sinks to fan out to, such as one that raises, to test isolation.
         sentry_options: more ``sentry_sdk.Client`` options (``before_send``,
             ``include_local_variables``, ``event_scrubber``...), to test your own Sentry set-up;
