@@ -786,11 +786,54 @@ class TestContextManager:
         assert event["tags"]["refund.reason"] == "fraud"
 
     def test_scrubbed_attributes(self, signals: Signals) -> None:
-        """Attribute values are scrubbed like tags before they leave the process."""
+        """Attribute values are scrubbed like tags before they leave the process: patterns in
+        text, card numbers given as integers, whole values under a denied key."""
         with ik.billing_operation("refund") as op:
             op.set_attribute("customer", "jane@example.com")
+            op.set_attribute("card", 4242424242424242)
+            op.set_attribute("password", "hunter22")
+            op.set_attribute("amount_cents", 1250)
         [span] = signals.spans
-        assert "jane@example.com" not in str((span.attributes or {})["customer"])
+        attributes = dict(span.attributes or {})
+        assert "jane@example.com" not in str(attributes["customer"])
+        assert attributes["card"] == attributes["password"] == "[redacted]"
+        assert attributes["amount_cents"] == 1250
+        [end] = [line for line in signals.logs if line["event"] == "operation.end"]
+        assert "hunter22" not in str(end) and "4242424242424242" not in str(end)
+
+    def test_static_attributes_are_scrubbed_once(self, signals: Signals) -> None:
+        """``attributes=`` of the declaration are scrubbed when declared."""
+
+        @ik.billing_operation("scrub_static", attributes={"owner": "bob@example.com", "tier": 2})
+        def charge() -> None:
+            raise PaymentDeclined
+
+        with pytest.raises(PaymentDeclined):
+            charge()
+        [span] = signals.spans
+        assert (span.attributes or {})["owner"] == "[redacted]"
+        assert (span.attributes or {})["tier"] == 2
+        [event] = signals.sentry_events
+        assert event["tags"]["owner"] == "[redacted]"
+
+    def test_exception_message_is_scrubbed_in_the_span(self, signals: Signals) -> None:
+        """The span's exception event and status carry the scrubbed message; the caller's
+        exception is untouched."""
+        secret = "bob" + "@" + "example.com"
+
+        @ik.billing_operation("refund")
+        def refund() -> None:
+            raise PaymentDeclined(f"refund for {secret}")
+
+        with pytest.raises(PaymentDeclined, match=secret):
+            refund()
+        [span] = signals.spans
+        assert secret not in span.to_json()
+        [exc_event] = [e for e in span.events if e.name == "exception"]
+        assert (exc_event.attributes or {})["exception.message"] == "refund for [redacted]"
+        assert "Traceback" in str((exc_event.attributes or {})["exception.stacktrace"])
+        assert span.status.description == "PaymentDeclined: refund for [redacted]"
+        assert secret not in str(signals.logs)
 
     def test_one_operation_object_reused_nested_and_across_threads(self, signals: Signals) -> None:
         """A module-level operation used re-entrantly and from threads keeps each run apart."""

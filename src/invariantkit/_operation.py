@@ -6,6 +6,7 @@ import functools
 import inspect
 import logging
 import time
+import traceback
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping
 from contextvars import ContextVar, Token
 from types import TracebackType
@@ -21,7 +22,7 @@ from invariantkit._config import STATE, dispatcher
 from invariantkit._context import CORRELATION, USER, current_ids, new_span_id, new_trace_id
 from invariantkit._dispatch import Dispatcher
 from invariantkit._record import EMPTY, Record
-from invariantkit._safe import safe_str
+from invariantkit._safe import REDACTED, Scrubber, safe_str, scrubbed_str
 
 __all__ = ["Operation", "OperationRun", "billing_operation", "operation"]
 
@@ -63,7 +64,8 @@ def _internal_error(where: str) -> None:
 
 class _Plan:
     """Everything about an operation that does not change between calls, computed once at
-    decoration time: the declaration, the span name and the span's static attributes."""
+    decoration time: the declaration, the span name and the span's static attributes (scrubbed
+    once, with the active configuration's rules, or the default ones before ``configure()``)."""
 
     __slots__ = ("attributes", "decl", "name", "span_attributes", "span_name")
 
@@ -71,13 +73,19 @@ class _Plan:
         self.decl = decl
         self.name = decl.name
         self.span_name = decl.span_name
-        self.attributes: Mapping[str, Any] = decl.attributes or EMPTY
+        static: dict[str, Any] = {}
+        if decl.attributes:
+            config = STATE.config
+            scrubber = config.scrubber if config is not None else Scrubber()
+            for key, value in decl.attributes.items():
+                static[key] = _scrub_attribute(scrubber, key, value)
+        self.attributes: Mapping[str, Any] = static or EMPTY
         # Each span attribute costs the SDK a validation on every call: only what the contract
         # needs. The domain is already in the span name; it is repeated only when not "billing".
         span_attributes: dict[str, Any] = {"billing.operation": decl.name}
         if decl.domain != "billing":
             span_attributes["billing.domain"] = decl.domain
-        span_attributes.update(decl.attributes)
+        span_attributes.update(static)
         self.span_attributes = span_attributes
 
 
@@ -161,11 +169,7 @@ class OperationRun:
 
         try:
             key = safe_str(key, 100)
-            text = (
-                value
-                if isinstance(value, (bool, int, float))
-                else current_config().scrubber.scrub_text(safe_str(value, 1000))
-            )
+            text = _scrub_attribute(current_config().scrubber, key, value)
             if self._attributes is None:
                 self._attributes = {}
             self._attributes[key] = text
@@ -261,15 +265,19 @@ class OperationRun:
             duration = _perf_counter() - self._start
             span = self._span
             if span is not None:
-                span.record_exception(exc, escaped=True)
-                span.set_status(
-                    Status(StatusCode.ERROR, f"{type(exc).__name__}: {safe_str(exc, 500)}")
-                )
-                span.end()
+                try:
+                    _record_exception(span, exc)
+                finally:
+                    span.end()
             self._close()
             self._dispatcher.emit(self._record("operation", "failure", duration, exc))
         except Exception:
             _internal_error("operation failure path")
+        finally:
+            try:
+                self._close()  # whatever failed above, the span never stays current
+            except Exception:
+                _internal_error("operation failure path")
 
     # Generators run between yields in the consumer's context: re-bind the span (or the
     # fallback correlation) for each step, and unbind it before yielding.
@@ -281,6 +289,46 @@ class OperationRun:
         except Exception:
             _internal_error("generator step")
             return None
+
+
+def _scrubber() -> Scrubber:
+    from invariantkit._config import current_config
+
+    return current_config().scrubber
+
+
+def _scrub_attribute(scrubber: Scrubber, key: str, value: Any) -> Any:
+    """A span attribute / tag value as it may leave the process: scrubbed like tags (a denied
+    key redacts the value whole; card numbers are found in text and in integers)."""
+    if isinstance(value, (bool, float)):
+        return value
+    if scrubber.key_is_allowed(key):
+        return value if isinstance(value, (str, int)) else safe_str(value, 1000)
+    if scrubber.key_is_denied(key):
+        return REDACTED
+    if isinstance(value, int):
+        return scrubber.scrub_number(value)
+    return scrubber.scrub_text(safe_str(value, 1000))
+
+
+def _record_exception(span: trace.Span, exc: BaseException) -> None:
+    """``span.record_exception`` and ERROR status, with the message and the stack trace
+    scrubbed (an exception message often quotes the data that caused it)."""
+    scrubber = _scrubber()
+    message = scrubbed_str(exc, scrubber, 500)
+    try:
+        stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:
+        stack = ""
+    span.record_exception(
+        exc,
+        attributes={
+            "exception.message": message,
+            "exception.stacktrace": scrubber.scrub_text(stack),
+        },
+        escaped=True,
+    )
+    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {message}"))
 
 
 def _suspend(tokens: tuple[Any, Any] | None) -> None:
