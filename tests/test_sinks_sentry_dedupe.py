@@ -21,6 +21,7 @@ def test_nested_operations_report_one_event_tagged_by_the_innermost() -> None:
                 raise ProviderDown("base pay is down")
         [event] = signals.sentry_events
         assert event["tags"]["operation"] == "charge"
+        signals.assert_correlated()
         for operation in ("charge", "renewal"):
             assert (
                 signals.metric(
@@ -48,3 +49,24 @@ def test_a_separate_failure_is_reported_again() -> None:
             with pytest.raises(ProviderDown), ik.billing_operation("charge"):
                 raise ProviderDown("again")
         assert len(signals.sentry_events) == 2
+
+
+def test_an_enforced_violation_failing_its_operation_is_one_event() -> None:
+    """Enforce mode: the violation's message is the event; the InvariantViolation that then
+    fails the operation is counted, not sent a second time."""
+    from invariantkit import billing
+
+    with capture_signals(mode="enforce") as signals:
+        with pytest.raises(ik.InvariantViolation), ik.billing_operation("renewal"):
+            ik.assert_invariant(False, billing.NO_DOUBLE_CHARGE, tags={"subscription_id": "s"})
+        [event] = signals.sentry_events
+        assert event["message"] == "NO_DOUBLE_CHARGE"
+        assert (
+            signals.metric(
+                "billing_operation_errors_total",
+                operation="renewal",
+                error_type="InvariantViolation",
+            )
+            == 1.0
+        )
+        signals.assert_correlated()

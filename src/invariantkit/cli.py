@@ -66,9 +66,16 @@ class CliError(Exception):
 
 
 def _console(stderr: bool = False) -> Console:
+    import os
+    import sys
+
     from rich.console import Console
 
-    return Console(stderr=stderr, soft_wrap=stderr, highlight=False)
+    stream = sys.stderr if stderr else sys.stdout
+    # Piped to a file or a CI log, rich would assume 80 columns and fold the demo's tables into
+    # one character per line; use a width that fits them unless COLUMNS says otherwise.
+    width = None if stream.isatty() or os.environ.get("COLUMNS") else 150
+    return Console(stderr=stderr, soft_wrap=stderr, highlight=False, width=width)
 
 
 def _fail(message: str, code: int = EXIT_INPUT) -> NoReturn:

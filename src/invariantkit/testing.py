@@ -882,12 +882,23 @@ def _check_sentry(
         and record.status == "failure"
         and isinstance(record.exception, Exception)
     ):
+        from invariantkit.sinks._sentry import _already_reported
+
+        if _already_reported(record.exception):
+            return []  # its violation message / database error is the event (checked there)
         candidates = [
             e
             for e in events
             if e.get("exception") and (e.get("tags") or {}).get("operation") == record.name
         ]
         label = f"Sentry exception for operation {record.name!r}"
+        if not candidates:
+            # Failed by an exception a nested operation already sent: one event, in this trace.
+            nested = [
+                e for e in events if e.get("exception") and _sentry_trace_id(e) == record.trace_id
+            ]
+            if nested:
+                return []
     else:
         return []
     event, problems = _pair(

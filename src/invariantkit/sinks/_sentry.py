@@ -319,11 +319,14 @@ def _safe_attributes(attributes: Any) -> dict[str, str]:
 
 
 def _already_reported(exc: BaseException) -> bool:
-    """True for an ``ik.DbError``: ``idempotent_write`` sent the database error it wraps, tagged
-    with the write's operation; sending the wrapper too would make two events of one failure."""
+    """True for exceptions whose report was sent already: an ``ik.DbError`` (``idempotent_write``
+    sent the database error it wraps, tagged with the write's operation) and an
+    ``ik.InvariantViolation`` (enforce mode: the violation went out as its invariant's message).
+    Sending them again would make two events of one failure."""
     from invariantkit._idempotency import DbError
+    from invariantkit._invariant import InvariantViolation
 
-    return isinstance(exc, DbError)
+    return isinstance(exc, (DbError, InvariantViolation))
 
 
 _REPORTED = "_invariantkit_sentry_reported"
