@@ -36,6 +36,12 @@ class Config:
         test_mode: alert test mode (``ALERT_TEST_MODE=true``): violations are labelled test.
         scrubber: what is redacted before anything leaves the process.
         sinks: the configured sinks, in fan-out order.
+
+    Example:
+        >>> import invariantkit as ik
+        >>> config = ik.configure(service="billing-api", sinks=[ik.sinks.Memory()])
+        >>> config.service, [sink.name for sink in config.sinks]
+        ('billing-api', ['memory'])
     """
 
     service: str = "unknown_service"

@@ -68,6 +68,11 @@ class Binding:
 
     The binding is active as soon as it is created; use it as a context manager (or call
     ``detach()``) to restore what was bound before.
+
+    Example:
+        >>> import invariantkit as ik
+        >>> binding = ik.identify("user_42")
+        >>> binding.detach()
     """
 
     __slots__ = ("_otel_token", "_user_token")

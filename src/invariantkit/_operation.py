@@ -7,7 +7,7 @@ import inspect
 import logging
 import time
 import traceback
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Mapping
+from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Mapping
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any, TypeVar, cast, overload
@@ -464,7 +464,9 @@ class Operation:
     @overload
     def __call__(self, fn: Callable[P, Generator[Y, S, R]]) -> Callable[P, Generator[Y, S, R]]: ...
     @overload
-    def __call__(self, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]: ...
+    def __call__(
+        self, fn: Callable[P, Coroutine[Any, Any, R]]
+    ) -> Callable[P, Coroutine[Any, Any, R]]: ...
     @overload
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]: ...
 
@@ -524,7 +526,9 @@ def _wrap_sync(plan: _Plan, fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
-def _wrap_async(plan: _Plan, fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+def _wrap_async(
+    plan: _Plan, fn: Callable[P, Coroutine[Any, Any, R]]
+) -> Callable[P, Coroutine[Any, Any, R]]:
     @functools.wraps(fn)
     async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:

@@ -34,6 +34,20 @@ class Record(NamedTuple):
     A ``NamedTuple``: immutable and cheap to build on the hot path. Every sink receives the same
     record; none may mutate it. ``attributes`` holds tags or product-event properties (already
     scrubbed and made safe), ``extra`` the free-form context (Sentry ``extra``).
+
+    Fields: ``kind`` (see :data:`Kind`), ``name`` (operation, invariant, event, cron...),
+    ``status``, ``trace_id`` (32 hex), ``span_id`` (16 hex), ``user_id``, ``timestamp`` (epoch
+    seconds), ``duration`` (seconds), ``attributes``, ``extra``, ``exception``, ``declaration``
+    (the catalog entry) and ``test`` (alert test mode).
+
+    Example:
+        >>> import invariantkit as ik
+        >>> sink = ik.sinks.Memory()
+        >>> _ = ik.configure(sinks=[sink])
+        >>> ik.track("subscription_started", tier="plus")
+        >>> record = sink.records[-1]
+        >>> record.kind, record.name, record.attributes["tier"], len(record.trace_id)
+        ('event', 'subscription_started', 'plus', 32)
     """
 
     kind: Kind

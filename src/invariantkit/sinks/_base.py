@@ -14,6 +14,13 @@ class SinkUnavailable(ImportError):
     """A sink was named in ``configure(sinks=...)`` but its SDK is not installed.
 
     Auto-detected sinks whose SDK is missing are skipped silently instead.
+
+    Example:
+        >>> import invariantkit as ik
+        >>> try:
+        ...     sink = ik.sinks.Sentry()
+        ... except ik.sinks.SinkUnavailable as exc:  # sentry-sdk is not installed
+        ...     print(exc)
     """
 
 
@@ -32,6 +39,24 @@ class Sink(Protocol):
       True when everything was handed over.
     - ``shutdown(timeout)``: flush, then release what the sink itself created. Never closes a
       client the user passed in.
+
+    Example:
+        >>> from typing import ClassVar
+        >>> import invariantkit as ik
+        >>> class Violations:
+        ...     name: ClassVar[str] = "violations"
+        ...     deferred: ClassVar[bool] = True  # called on invariantkit's worker thread
+        ...     def __init__(self) -> None:
+        ...         self.names: list[str] = []
+        ...     def emit(self, record: ik.Record) -> None:
+        ...         if record.kind == "violation":
+        ...             self.names.append(record.name)
+        ...     def flush(self, timeout: float) -> bool:
+        ...         return True
+        ...     def shutdown(self, timeout: float) -> bool:
+        ...         return True
+        >>> isinstance(Violations(), ik.sinks.Sink)
+        True
     """
 
     name: ClassVar[str]
