@@ -384,6 +384,15 @@ class TestReconfiguration:
             == 0
         )
 
+    def test_sink_counters_exist_at_zero_for_every_sink(self, configured: Any) -> None:
+        """``invariantkit_sink_errors_total`` and ``_dropped_total`` exist at 0 for each
+        configured sink, so the first error after a start is an increase an alert sees."""
+        registry = CollectorRegistry()
+        ik.configure(sinks=[ik.sinks.PrometheusMetrics(registry), ik.sinks.JsonLogs()])
+        for family in ("invariantkit_sink_errors_total", "invariantkit_sink_dropped_total"):
+            for sink in ("prometheus", "json_logs"):
+                assert registry.get_sample_value(family, {"sink": sink}) == 0
+
     def test_old_sinks_stop_receiving(self, configured: Any) -> None:
         """After reconfiguring, signals go to the new sinks only."""
         old, new = ik.sinks.Memory(), ik.sinks.Memory()

@@ -218,6 +218,7 @@ def configure(
         STATE.last_config = config
         STATE.dispatcher = dispatcher
         STATE.generation += 1
+        _announce_sinks(dispatcher)
         for decl in get_catalog():
             _announce(dispatcher, decl)
     if old is not None:
@@ -254,9 +255,25 @@ def swap(
         STATE.dispatcher = new_dispatcher
         STATE.generation += 1
         if new_dispatcher is not None:
+            _announce_sinks(new_dispatcher)
             for decl in get_catalog():
                 _announce(new_dispatcher, decl)
     return previous
+
+
+def _announce_sinks(dispatcher: Dispatcher) -> None:
+    """Create ``invariantkit_sink_errors_total{sink}`` and ``invariantkit_sink_dropped_total
+    {sink}`` at zero for every configured sink: the sink-error alert uses ``increase()``, which
+    never sees a series born at 1."""
+    now = time.time()
+    for sink in dispatcher.sinks:
+        name = getattr(sink, "name", None)
+        if not isinstance(name, str):
+            continue
+        for kind in ("sink_error", "sink_dropped"):
+            dispatcher.emit(
+                Record(kind, name, "declared", "", "", None, now, attributes={"count": 0})
+            )
 
 
 def _announce(dispatcher: Dispatcher, decl: Declaration) -> None:

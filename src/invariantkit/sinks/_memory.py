@@ -12,7 +12,8 @@ __all__ = ["Memory"]
 
 
 class Memory:
-    """Keep every record (except declarations) in ``records``; thread-safe.
+    """Keep every record in ``records``, except declarations (``declare`` records, and the
+    zero-count ``sink_error``/``sink_dropped`` records that create those counters); thread-safe.
 
     Example:
         >>> import invariantkit as ik
@@ -29,7 +30,10 @@ class Memory:
         self._lock = threading.Lock()
 
     def emit(self, record: Record) -> None:
-        if record.kind == "declare":
+        kind = record.kind
+        if kind == "declare" or (
+            kind in ("sink_error", "sink_dropped") and record.attributes.get("count") == 0
+        ):
             return
         with self._lock:
             self.records.append(record)
