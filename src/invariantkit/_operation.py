@@ -220,15 +220,17 @@ class OperationRun:
             end = _perf_counter()
             span = self._span
             if span is not None:
-                # Keep an ERROR set during the call (a violation, or the application itself).
-                status = getattr(span, "status", None)
-                if status is None or status.status_code is _UNSET:
-                    span.set_status(_OK)
-                span.end()
-                token = self._token
-                if token is not None:
-                    self._token = None
-                    _detach(token)
+                try:
+                    # Keep an ERROR set during the call (a violation, or the application).
+                    status = getattr(span, "status", None)
+                    if status is None or status.status_code is _UNSET:
+                        span.set_status(_OK)
+                    span.end()
+                finally:  # the span never stays current, whatever the SDK did
+                    token = self._token
+                    if token is not None:
+                        self._token = None
+                        _detach(token)
             else:
                 corr_token = self._corr_token
                 if corr_token is not None:
