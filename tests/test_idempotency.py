@@ -119,6 +119,7 @@ class TestExpectedRetry:
         assert w.trace_id == run.correlation_id
         [span] = [s for s in signals.spans if s.name == "billing.renewal"]
         assert [e.name for e in span.events] == ["idempotent.retry"]
+        assert span.events[0].attributes["billing.idempotency_key"] == KEY
         assert span.status.is_ok
 
     def test_key_is_never_a_metric_label(self, signals: Signals, db: sqlite3.Connection) -> None:

@@ -336,11 +336,6 @@ def test_sentry_exception_messages_and_frame_variables_are_scrubbed() -> None:
     assert email not in raw
 
 
-@pytest.mark.xfail(
-    reason="_operation.py records the exception on the span (exception.message, status "
-    "description) and _logs.py writes error_message without scrubbing (reported, issue 8)",
-    strict=True,
-)
 def test_exception_messages_are_scrubbed_in_spans_and_logs() -> None:
     """The failing operation's exception message is scrubbed in its span and its log line."""
     with capture_signals() as signals:
@@ -355,12 +350,6 @@ def test_exception_messages_are_scrubbed_in_spans_and_logs() -> None:
     assert "bob@example.com" not in output
 
 
-@pytest.mark.xfail(
-    reason="_operation.py: static attributes= of ik.operation go to spans, Sentry tags and "
-    "logs unscrubbed, and OperationRun.set_attribute does not redact by key nor card numbers "
-    "given as ints (reported, issue 8)",
-    strict=True,
-)
 def test_static_operation_attributes_and_int_cards_are_scrubbed() -> None:
     """``attributes=`` of a declared operation and int values given to ``set_attribute``."""
     with capture_signals() as signals:

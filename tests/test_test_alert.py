@@ -271,11 +271,6 @@ class TestTestMode:
         ):
             alert_test_delay()
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="configure() does not call invariantkit._invariant.start_test_mode() yet: needs the "
-        "_config.py hook in issue 3's report",
-    )
     def test_configure_starts_test_mode(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """``ALERT_TEST_MODE=true`` makes ``configure()`` send the test alerts."""
         monkeypatch.setenv("ALERT_TEST_MODE", "true")

@@ -33,7 +33,9 @@ class Config:
         service: service name (``OTEL_SERVICE_NAME``; default ``"unknown_service"``).
         environment: deployment environment (``INVARIANTKIT_ENVIRONMENT``; default ``"production"``).
         mode: ``"report"`` (violations return False) or ``"enforce"`` (they raise).
-        test_mode: alert test mode (``ALERT_TEST_MODE=true``): violations are labelled test.
+        test_mode: alert test mode (``ALERT_TEST_MODE=true``): the ``test="true"`` series exist
+            at zero and one labelled test alert per invariant fires after
+            ``ALERT_TEST_DELAY_SECONDS``; real violations are never relabelled.
         scrubber: what is redacted before anything leaves the process.
         sinks: the configured sinks, in fan-out order.
 
@@ -223,6 +225,12 @@ def configure(
             _announce(dispatcher, decl)
     if old is not None:
         old.shutdown(1.0, keep=resolved_sinks)
+    if config.test_mode:
+        # Alert test mode: test series at zero now, one labelled test alert per invariant after
+        # ALERT_TEST_DELAY_SECONDS (so Prometheus scrapes the zero first). Never pages anyone.
+        from invariantkit._invariant import start_test_mode
+
+        start_test_mode()
     return config
 
 
@@ -311,6 +319,13 @@ def current_config() -> Config:
         config = STATE.config
     assert config is not None
     return config
+
+
+def sink_failed(sink: Sink, exc: BaseException) -> None:
+    """Count and log (once) an exception a sink raised on its own worker thread."""
+    d = STATE.dispatcher
+    if d is not None:
+        d.sink_failed(sink, exc)
 
 
 def count_dropped(sink_name: str, count: int) -> None:

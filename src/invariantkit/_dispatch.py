@@ -102,6 +102,10 @@ class Worker:
         """Wait until everything submitted before this call was handled (at most ``timeout`` s)."""
         if self._thread is None or not self._thread.is_alive():
             return self._queue.empty()
+        if threading.current_thread() is self._thread:
+            # Called from a handler (an SDK serialising a local variable whose repr flushes):
+            # waiting for ourselves would only burn the timeout.
+            return False
         marker = _Marker()
         self._queue.put(marker)
         return marker.event.wait(max(timeout, 0.0))

@@ -248,9 +248,15 @@ class Signals:
         worker = self._dispatcher.worker
         if worker is not None:
             worker.flush(_SYNC_TIMEOUT)
+        # Sinks with a worker of their own (Sentry captures off the caller's thread).
+        for sink in self._dispatcher.sinks:
+            own = getattr(sink, "_worker", None)
+            if own is not None:
+                own.flush(_SYNC_TIMEOUT)
 
     def __repr__(self) -> str:
-        records = self.records
+        # No flush here: a repr must not wait on workers (Sentry serialises frame locals with it).
+        records = [r for r in self._memory.records if r.kind != "declare"]
         kinds = Counter(r.kind for r in records)
         parts = ", ".join(f"{kind}={n}" for kind, n in sorted(kinds.items()))
         return f"<Signals {len(records)} record(s): {parts or 'none'}>"

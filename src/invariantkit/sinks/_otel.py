@@ -65,7 +65,11 @@ class OtelTraces:
         elif kind == "retry":
             span = trace.get_current_span()
             if span.is_recording():
-                span.add_event("idempotent.retry", {"billing.operation": record.name})
+                retry = {"billing.operation": record.name}
+                idempotency_key = record.attributes.get("idempotency_key")
+                if isinstance(idempotency_key, str):  # on the span, never a metric label
+                    retry["billing.idempotency_key"] = idempotency_key
+                span.add_event("idempotent.retry", retry)
 
     def flush(self, timeout: float) -> bool:
         provider = self.provider if self.provider is not None else trace.get_tracer_provider()

@@ -122,7 +122,8 @@ class OtelMetrics:
             if decl is None:
                 return
             if decl.kind == "invariant":
-                self.violations.add(0, self._violation_attrs(decl, False))
+                # Alert test mode announces the test="true" series too (record.test).
+                self.violations.add(0, self._violation_attrs(decl, record.test))
             elif decl.kind == "operation":
                 for outcome in ("success", "failure"):
                     self.operations.add(0, self._op_attrs(decl.name, outcome))
