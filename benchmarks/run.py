@@ -987,6 +987,210 @@ def memory(calls: int) -> None:
     provider.shutdown()
 
 
+# ---------------------------------------------------------------------------------- multiprocess
+
+
+def _mp_worker(
+    calls: int,
+    violation_every: int,
+    start: Any,
+    results: Any,
+) -> None:
+    """One worker process (spawned, so this module and prometheus-client were imported afresh,
+    with ``PROMETHEUS_MULTIPROC_DIR`` already set when the parent started it, or not set for the
+    in-memory reference): configure, wait for the others, run the decorated calls and the
+    violations, report the elapsed and CPU time, shut down."""
+    from prometheus_client import values
+
+    from invariantkit import billing
+
+    mode = "multiprocess" if values.ValueClass.__name__ == "MmapedValue" else "in-memory"
+    ik.configure(service="bench", environment="bench", sinks=[ik.sinks.PrometheusMetrics()])
+
+    @ik.billing_operation("bench_mp")
+    def renewal(i: int) -> int:
+        return i
+
+    inv = billing.NO_DOUBLE_CHARGE
+    for i in range(1000):  # warm-up, not counted in the timing (counted in the metrics)
+        renewal(i)
+    start.wait(600)  # all workers and the parent: the workers start at once
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    with ik.identify("user_42"):
+        for i in range(calls):
+            renewal(i)
+            if i % violation_every == 0:
+                ik.assert_invariant(False, inv, tags={"subscription_id": f"sub_{i}"})
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    flushed = ik.shutdown(5.0)
+    results.put({"pid": os.getpid(), "mode": mode, "seconds": elapsed, "cpu": cpu, "ok": flushed})
+
+
+def _mp_round(workers: int, calls: int, violation_every: int, metrics_dir: Path | None) -> Any:
+    """Run ``workers`` spawned processes at once; their reports and the totals the
+    ``MultiProcessCollector`` reads from ``metrics_dir`` (None: in-memory reference)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")  # fresh interpreters, as gunicorn workers are
+    start, results = ctx.Barrier(workers + 1), ctx.Queue()
+    saved = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if metrics_dir is None:
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    try:  # the children inherit the environment when they start
+        procs = [
+            ctx.Process(target=_mp_worker, args=(calls, violation_every, start, results))
+            for _ in range(workers)
+        ]
+        for proc in procs:
+            proc.start()
+    finally:
+        if saved is None:
+            os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        else:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = saved
+    try:
+        start.wait(600)  # every worker imported, configured and warmed up
+        reports = [results.get(timeout=600) for _ in procs]
+        for proc in procs:
+            proc.join(60)
+    finally:
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+    if any(proc.exitcode != 0 for proc in procs):
+        raise RuntimeError(f"a worker failed: exit codes {[p.exitcode for p in procs]}")
+    totals: dict[str, float] = {}
+    if metrics_dir is not None:
+        from prometheus_client.multiprocess import MultiProcessCollector
+
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=str(metrics_dir))  # type: ignore[no-untyped-call]
+        wanted = {
+            ("billing_operation_total", "success"),
+            ("billing_operation_duration_seconds_count", "success"),
+            ("billing_invariant_violation_total", None),
+        }
+        for family in registry.collect():
+            for s in family.samples:
+                if s.labels.get("operation") == "bench_mp" or (
+                    s.labels.get("invariant") == "NO_DOUBLE_CHARGE"
+                ):
+                    key = (s.name, s.labels.get("outcome"))
+                    if key in wanted:
+                        totals[s.name] = totals.get(s.name, 0.0) + s.value
+    return reports, totals
+
+
+def multiprocess(calls: int, rounds: int, workers: int = 4) -> None:
+    """Multiprocess Prometheus: 4 worker processes at once against one process alone, each
+    doing ``calls`` decorated calls and a violation every 100; a ``MultiProcessCollector``
+    reads the totals. Also one process with the in-memory registry: what the mode costs."""
+    import tempfile
+
+    violation_every = 100
+    per_worker_violations = len(range(0, calls, violation_every))
+    single: list[float] = []
+    single_cpu: list[float] = []
+    memory_ref: list[float] = []
+    per_process: list[float] = []
+    per_process_cpu: list[float] = []
+    aggregate: list[float] = []
+    exact = True
+    modes: set[str] = set()
+    flushed = True
+    checks: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="invariantkit-bench-mp-") as tmp:
+        for r in range(rounds):
+            order = ["memory", "single", "multi"] if r % 2 == 0 else ["multi", "single", "memory"]
+            for what in order:
+                n = workers if what == "multi" else 1
+                metrics_dir = None
+                if what != "memory":
+                    metrics_dir = Path(tmp) / f"{what}-{r}"
+                    metrics_dir.mkdir()
+                reports, totals = _mp_round(n, calls, violation_every, metrics_dir)
+                modes.update(f"{what}:{rep['mode']}" for rep in reports)
+                flushed = flushed and all(rep["ok"] for rep in reports)
+                if what == "memory":
+                    memory_ref.append(calls / reports[0]["seconds"])
+                    continue
+                expected = {
+                    "billing_operation_total": n * (calls + 1000),
+                    "billing_operation_duration_seconds_count": n * (calls + 1000),
+                    "billing_invariant_violation_total": n * per_worker_violations,
+                }
+                exact = exact and totals == expected
+                checks.append({"round": r, "workers": n, "totals": totals, "expected": expected})
+                if what == "single":
+                    single.append(calls / reports[0]["seconds"])
+                    single_cpu.append(reports[0]["cpu"] / calls)
+                else:
+                    per_process.append(statistics.mean(calls / rep["seconds"] for rep in reports))
+                    per_process_cpu.append(statistics.mean(rep["cpu"] / calls for rep in reports))
+                    aggregate.append(n * calls / max(rep["seconds"] for rep in reports))
+    one = statistics.median(single)
+    each = statistics.median(per_process)
+    total = statistics.median(aggregate)
+    mem = statistics.median(memory_ref)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    right_modes = modes == {"memory:in-memory", "single:multiprocess", "multi:multiprocess"}
+    ROWS.append(
+        Row(
+            f"{workers} worker processes, multiprocess Prometheus: per-process throughput / "
+            f"one process ({cores} cores)",
+            f"{each:,.0f}/s each",
+            f"one {one:,.0f}/s",
+            f"{each / one:.2f}x",
+            "counts exact",
+            exact and right_modes and flushed,
+            each / one,
+        )
+    )
+    ROWS.append(
+        Row(
+            f"  all {workers} together / one process; one process, multiprocess / in-memory mode",
+            f"{total:,.0f}/s",
+            f"in-memory {mem:,.0f}/s",
+            f"{total / one:.2f}x; {one / mem:.2f}x",
+            "",
+            None,
+        )
+    )
+    ROWS.append(
+        Row(
+            "  CPU per call (decorated call, Prometheus only): 4 processes / one",
+            us(statistics.median(per_process_cpu)),
+            us(statistics.median(single_cpu)),
+            f"{statistics.median(per_process_cpu) / statistics.median(single_cpu):.2f}x",
+            "",
+            None,
+        )
+    )
+    RESULTS["multiprocess"] = {
+        "workers": workers,
+        "cores": cores,
+        "calls_per_worker": calls,
+        "violations_per_worker": per_worker_violations,
+        "rounds": rounds,
+        "single_per_s": single,
+        "per_process_per_s": per_process,
+        "aggregate_per_s": aggregate,
+        "in_memory_per_s": memory_ref,
+        "single_cpu_us": [x * 1e6 for x in single_cpu],
+        "per_process_cpu_us": [x * 1e6 for x in per_process_cpu],
+        "per_process_ratio": each / one,
+        "aggregate_ratio": total / one,
+        "multiprocess_over_in_memory": one / mem,
+        "exact": exact,
+        "modes": sorted(modes),
+        "flushed": flushed,
+        "checks": checks,
+    }
+
+
 # ---------------------------------------------------------------------------------- profile
 
 
@@ -1091,13 +1295,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="print a cProfile of the path")
     parser.add_argument(
         "--only",
-        choices=["success", "assert", "violation", "concurrency", "memory"],
+        choices=["success", "assert", "violation", "concurrency", "memory", "multiprocess"],
         action="append",
         help="run only these parts (repeatable)",
     )
     args = parser.parse_args(argv)
     quick = args.quick
-    parts = set(args.only or ["success", "assert", "violation", "concurrency", "memory"])
+    parts = set(
+        args.only or ["success", "assert", "violation", "concurrency", "memory", "multiprocess"]
+    )
     info = machine()
     RESULTS["machine"] = info
     RESULTS["quick"] = quick
@@ -1122,6 +1328,9 @@ def main(argv: list[str] | None = None) -> int:
     if "memory" in parts:
         console.print("memory ...")
         memory(100_000 if quick else 1_000_000)
+    if "multiprocess" in parts:
+        console.print("4 worker processes, multiprocess Prometheus ...")
+        multiprocess(20_000 if quick else 100_000, 2 if quick else 3)
     if args.profile:
         profile(20_000)
     print_report(info, variants)
