@@ -591,3 +591,16 @@ def test_the_failed_runs_exception_is_scrubbed(signals: Signals, renewal: Cron) 
     assert "4242 4242 4242 4242" not in value
     assert "jane@example.com" not in value
     assert "declined" in value
+
+
+def test_a_failing_runs_exception_message_is_scrubbed_on_its_span() -> None:
+    """The cron span's recorded exception and status never carry card numbers or e-mails."""
+    cron = ik.monitor_cron("scrubbed_export", every=3600, max_runtime=60)
+    with capture_signals() as signals:
+        with pytest.raises(ValueError), cron:
+            raise ValueError("card 4242 4242 4242 4242 for bob@example.com")
+        [span] = [s for s in signals.spans if s.name == "cron.scrubbed_export"]
+        texts = [span.status.description or ""] + [
+            str(value) for event in span.events for value in (event.attributes or {}).values()
+        ]
+    assert all("4242 4242" not in t and "bob@example.com" not in t for t in texts), texts

@@ -225,6 +225,7 @@ def configure(
             _announce(dispatcher, decl)
     if old is not None:
         old.shutdown(1.0, keep=resolved_sinks)
+    _drain_at_exit()
     if config.test_mode:
         # Alert test mode: test series at zero now, one labelled test alert per invariant after
         # ALERT_TEST_DELAY_SECONDS (so Prometheus scrapes the zero first). Never pages anyone.
@@ -232,6 +233,33 @@ def configure(
 
         start_test_mode()
     return config
+
+
+_AT_EXIT: list[bool] = []
+
+
+def _drain_at_exit() -> None:
+    """Register, once, a bounded drain of the workers at interpreter exit.
+
+    Signals wait on daemon workers (log lines, PostHog messages, Sentry captures); without this a
+    short script's last violations would die with the process. Registered at the first
+    ``configure()``, which usually follows ``sentry_sdk.init()``: atexit runs handlers in reverse
+    order, so ours drains into Sentry before Sentry's own atexit closes its client.
+    """
+    if _AT_EXIT:
+        return
+    _AT_EXIT.append(True)
+    import atexit
+
+    atexit.register(_shutdown_at_exit)
+
+
+def _shutdown_at_exit() -> None:
+    try:
+        timeout = float(os.environ.get("INVARIANTKIT_EXIT_TIMEOUT", "2.0"))
+    except ValueError:
+        timeout = 2.0
+    shutdown(timeout=timeout)
 
 
 def _keep_logs_out_of_sentry(sinks: tuple[Sink, ...]) -> None:
@@ -300,15 +328,43 @@ get_catalog().subscribe(_on_declare)
 
 
 def dispatcher() -> Dispatcher:
-    """The active dispatcher; configures with defaults on first use (never a silent no-op)."""
+    """The active dispatcher; configures with defaults on first use (never a silent no-op).
+
+    On this implicit path a bad environment (``INVARIANTKIT_MODE=enforcee``) must not turn a
+    violation into an exception in business code: it is logged, naming the problem, and the
+    defaults are used. An explicit :func:`configure` call still raises.
+    """
     d = STATE.dispatcher
     if d is None:
         with STATE.lock:
             if STATE.dispatcher is None:
-                configure()
+                try:
+                    configure()
+                except Exception as exc:
+                    logger.error(  # noqa: TRY400 - the message says all; no traceback needed
+                        "invariantkit: configuring from the environment failed (%s); using "
+                        "report mode without alert test mode",
+                        exc,
+                    )
+                    try:
+                        configure(mode="report", test_mode=False)
+                    except Exception:
+                        from invariantkit.sinks._logs import JsonLogs
+
+                        configure(mode="report", test_mode=False, sinks=[JsonLogs()])
             d = STATE.dispatcher
     assert d is not None
     return d
+
+
+_DEFAULT_SCRUBBER = Scrubber()
+
+
+def active_scrubber() -> Scrubber:
+    """The scrubber in force, read without ever configuring: safe on worker threads, also while
+    :func:`shutdown` drains them (reading :func:`current_config` there would configure again)."""
+    config = STATE.config or STATE.last_config
+    return config.scrubber if config is not None else _DEFAULT_SCRUBBER
 
 
 def current_config() -> Config:

@@ -39,6 +39,7 @@ from invariantkit._catalog import (
 from invariantkit._config import STATE, dispatcher
 from invariantkit._context import CORRELATION, USER, current_ids, new_span_id, new_trace_id
 from invariantkit._dispatch import Dispatcher
+from invariantkit._operation import _record_exception
 from invariantkit._record import Record
 from invariantkit._safe import safe_str
 from invariantkit.sinks._sentry_crons import checkin_margin_seconds, monitor_slug
@@ -232,15 +233,15 @@ class CronRun:
             status = "ok" if exc is None else "error"
             span = self._span
             if span is not None:
-                span.set_attribute("cron.processed", processed)
-                if exc is None:
-                    span.set_status(Status(StatusCode.OK))
-                else:
-                    span.record_exception(exc, escaped=True)
-                    span.set_status(
-                        Status(StatusCode.ERROR, f"{type(exc).__name__}: {safe_str(exc, 500)}")
-                    )
-                span.end()
+                try:
+                    span.set_attribute("cron.processed", processed)
+                    if exc is None:
+                        span.set_status(Status(StatusCode.OK))
+                    else:
+                        _record_exception(span, exc)  # message and stack trace scrubbed
+                    span.end()
+                except Exception:  # the tracing SDK failing must not lose the check-in
+                    _internal_error("cron span end")
             self._close()
             d.emit(
                 self._record(
@@ -252,6 +253,11 @@ class CronRun:
             )
         except Exception:
             _internal_error("cron run end")
+        finally:
+            try:
+                self._close()  # whatever failed above, the span never stays current
+            except Exception:
+                _internal_error("cron run end")
 
     def _close(self) -> None:
         if self._token is not None:

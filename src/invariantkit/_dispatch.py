@@ -63,22 +63,25 @@ class Worker:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._stopped = False
+        self._drops = 0  # since the last flush: a flush that lost items does not report success
         _WORKERS.add(self)
 
     def submit(self, item: Any) -> bool:
-        if self._thread is None:
-            self._start()
-        if self._stopped or self._queue.qsize() >= self._maxsize:
+        if self._queue.qsize() >= self._maxsize:
+            self._drops += 1
             if self._on_drop is not None:
                 self._on_drop(1)
             return False
         self._queue.put(item)
+        thread = self._thread
+        if thread is None or not thread.is_alive():  # first use, after stop(), after fork()
+            self._start()
         return True
 
     def _start(self) -> None:
         with self._lock:
-            if self._thread is None and not self._stopped:
+            thread = self._thread
+            if thread is None or not thread.is_alive():
                 thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 thread.start()
                 self._thread = thread
@@ -99,16 +102,22 @@ class Worker:
                 logger.exception("invariantkit: background worker handler failed")
 
     def flush(self, timeout: float) -> bool:
-        """Wait until everything submitted before this call was handled (at most ``timeout`` s)."""
-        if self._thread is None or not self._thread.is_alive():
-            return self._queue.empty()
-        if threading.current_thread() is self._thread:
+        """Wait until everything submitted before this call was handled (at most ``timeout`` s).
+
+        False when that did not happen in time, or when items were dropped (queue full) since
+        the previous flush: "handed over" must mean all of it.
+        """
+        dropped, self._drops = self._drops, 0
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return self._queue.empty() and not dropped
+        if threading.current_thread() is thread:
             # Called from a handler (an SDK serialising a local variable whose repr flushes):
             # waiting for ourselves would only burn the timeout.
             return False
         marker = _Marker()
         self._queue.put(marker)
-        return marker.event.wait(max(timeout, 0.0))
+        return marker.event.wait(max(timeout, 0.0)) and not dropped
 
     def stop(self, timeout: float) -> bool:
         """Drain what is queued (within ``timeout``), then end the thread.
@@ -118,17 +127,16 @@ class Worker:
         """
         deadline = time.monotonic() + max(timeout, 0.0)
         drained = self.flush(timeout)
-        self._stopped = True
         thread = self._thread
         if thread is not None and thread.is_alive():
             self._queue.put(_STOP)
             if drained:
                 thread.join(_left(deadline))
+        # A sink reused by a later configure() gets a new thread on its next submit; anything
+        # submitted while this one was stopping is not lost: it starts that thread now.
+        if not self._queue.empty() and (thread is None or not thread.is_alive()):
+            self._start()
         return drained
-
-    def pending(self) -> int:
-        """How many items wait in the queue (approximate)."""
-        return self._queue.qsize()
 
     def _after_fork_in_child(self) -> None:
         # The parent's thread does not exist here; its queue may hold half-handled state.

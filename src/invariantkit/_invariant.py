@@ -170,7 +170,10 @@ def report_violation(
     except Exception:
         logger.exception("invariantkit: could not report violation of %s", inv.name)
         trace_id = ""
-    enforce = inv.enforce if inv.enforce is not None else current_config().mode == "enforce"
+    try:
+        enforce = inv.enforce if inv.enforce is not None else current_config().mode == "enforce"
+    except Exception:  # never let configuration trouble turn a report into an exception
+        enforce = False
     if enforce:
         try:
             safe = safe_tags(tags, current_config().scrubber)

@@ -226,6 +226,8 @@ class OperationRun:
                     if status is None or status.status_code is _UNSET:
                         span.set_status(_OK)
                     span.end()
+                except Exception:  # the tracing SDK failing must not lose the success metric
+                    _internal_error("span end")
                 finally:  # the span never stays current, whatever the SDK did
                     token = self._token
                     if token is not None:
@@ -267,10 +269,15 @@ class OperationRun:
             duration = _perf_counter() - self._start
             span = self._span
             if span is not None:
+                # The tracing SDK failing must not lose the failure everywhere else.
                 try:
                     _record_exception(span, exc)
-                finally:
+                except Exception:
+                    _internal_error("span record_exception")
+                try:
                     span.end()
+                except Exception:
+                    _internal_error("span end")
             self._close()
             self._dispatcher.emit(self._record("operation", "failure", duration, exc))
         except Exception:

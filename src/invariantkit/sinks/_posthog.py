@@ -206,7 +206,7 @@ def _safe_attributes(attributes: Any) -> dict[str, Any]:
     """Operation attributes as properties, scrubbed (static ones are declared, not scrubbed)."""
     if not attributes:
         return {}
-    from invariantkit._config import current_config
+    from invariantkit._config import active_scrubber
     from invariantkit._safe import safe_mapping
 
-    return safe_mapping(attributes, current_config().scrubber)
+    return safe_mapping(attributes, active_scrubber())

@@ -226,7 +226,7 @@ class Sentry:
     def _capture_exception(self, exc: BaseException, kwargs: dict[str, Any]) -> None:
         # Exception messages and the frames' local variables leave the process too: scrub them
         # like tags (failure path only).
-        from invariantkit._config import current_config
+        from invariantkit._config import active_scrubber
 
         if not first_report(exc):
             return  # nested operations (charge inside renewal inside the cron): one event
@@ -235,7 +235,7 @@ class Sentry:
         with sdk.new_scope() as scope:
             if self.client is not None:
                 scope.set_client(self.client)
-            scope.add_event_processor(_exception_scrubber(current_config().scrubber))
+            scope.add_event_processor(_exception_scrubber(active_scrubber()))
             scope.capture_exception(exc, **kwargs)
 
     # -- records --------------------------------------------------------------------------------
@@ -373,10 +373,10 @@ def _safe_attributes(attributes: Any) -> dict[str, str]:
     """Operation attributes as Sentry tags, scrubbed (static ones are declared, not scrubbed)."""
     if not attributes:
         return {}
-    from invariantkit._config import current_config
+    from invariantkit._config import active_scrubber
     from invariantkit._safe import safe_tags
 
-    return safe_tags(attributes, current_config().scrubber)
+    return safe_tags(attributes, active_scrubber())
 
 
 def _already_reported(exc: BaseException) -> bool:

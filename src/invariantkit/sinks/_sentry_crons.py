@@ -113,14 +113,14 @@ def capture_cron_checkin(record: Record, *, capture_exception: bool = True) -> N
     status = _STATUSES.get(record.status, "error")
     exc = record.exception
     if capture_exception and status == "error" and isinstance(exc, Exception):
-        from invariantkit._config import current_config
+        from invariantkit._config import active_scrubber
         from invariantkit.sinks._sentry import _exception_scrubber, first_report
 
         # Unless an operation inside the run already sent it (one failure, one event).
         if first_report(exc):
             with sentry_sdk.new_scope() as scope:
                 # Exception messages and frame variables leave the process: scrub them.
-                scope.add_event_processor(_exception_scrubber(current_config().scrubber))
+                scope.add_event_processor(_exception_scrubber(active_scrubber()))
                 scope.capture_exception(exc, **exception_kwargs(record))
     # A forked scope carries the run's trace id into the check-in (the SDK would otherwise use
     # its own propagation context), so the check-in, its error and the run's spans share one id.

@@ -1,0 +1,91 @@
+"""Shutdown, reconfiguration and process exit never lose signals or reconfigure by themselves."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import posthog
+import pytest
+import sentry_sdk
+
+import invariantkit as ik
+from invariantkit import billing
+from invariantkit._config import STATE
+from support.receivers import SentryReceiver
+
+
+def test_shutdown_does_not_configure_again() -> None:
+    """Draining the workers in shutdown() reads the configuration, never re-creates it."""
+    client = posthog.Posthog("phc_test", host="http://127.0.0.1:9", send=False)
+    ik.configure(sinks=[ik.sinks.PostHog(client), ik.sinks.JsonLogs()])
+    with ik.identify("user_1"), ik.billing_operation("renewal", user_facing=True) as run:
+        run.set_attribute("subscription_id", "sub_1")
+        ik.report_violation(billing.NO_DOUBLE_CHARGE)
+    assert ik.shutdown(timeout=2)
+    assert STATE.dispatcher is None
+    assert STATE.config is None
+
+
+def test_a_sink_reused_after_shutdown_delivers() -> None:
+    """configure() may be called again after shutdown(), with the same sink instances."""
+    with SentryReceiver() as receiver:
+        client = sentry_sdk.Client(dsn=receiver.dsn, default_integrations=False)
+        sink = ik.sinks.Sentry(client)
+        try:
+            ik.configure(sinks=[sink])
+            ik.report_violation(billing.NO_DOUBLE_CHARGE, tags={"round": "1"})
+            assert ik.shutdown(timeout=5)
+            ik.configure(sinks=[sink])
+            ik.report_violation(billing.NO_DOUBLE_CHARGE, tags={"round": "2"})
+            assert ik.flush(timeout=5)
+            events = receiver.wait_for(2, timeout=10)
+        finally:
+            ik.shutdown(timeout=2)
+            client.close()
+    assert sorted(e["tags"]["round"] for e in events) == ["1", "2"]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("INVARIANTKIT_MODE", "enforcee"), ("ALERT_TEST_MODE", "maybe")]
+)
+def test_a_bad_environment_never_raises_into_business_code(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, name: str, value: str
+) -> None:
+    """Used before configure(), a bad variable is logged and the defaults apply: the violation
+    is reported and the call returns False (report mode)."""
+    monkeypatch.setenv(name, value)
+    ik.shutdown(timeout=1)
+    assert ik.assert_invariant(False, billing.NO_DOUBLE_CHARGE) is False
+    assert STATE.config is not None
+    assert STATE.config.mode == "report"
+    assert any(name in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    # An explicit configure() still fails loudly.
+    with pytest.raises(ValueError, match=name):
+        ik.configure()
+
+
+def test_signals_queued_at_exit_are_delivered() -> None:
+    """A short script that reports and exits without flushing still writes its log lines: the
+    workers are drained (within a bound) at interpreter exit."""
+    script = textwrap.dedent(
+        """
+        import logging, sys
+        import invariantkit as ik
+        from invariantkit import billing
+
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(ik.JsonFormatter())
+        logging.getLogger("invariantkit").addHandler(handler)
+        ik.configure(sinks=[ik.sinks.JsonLogs()])
+        for i in range(5):
+            ik.report_violation(billing.NO_DOUBLE_CHARGE, tags={"n": str(i)})
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert sorted(line["tags"]["n"] for line in lines) == ["0", "1", "2", "3", "4"]
