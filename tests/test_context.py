@@ -342,3 +342,14 @@ class TestTrack:
         ik.track(name)
         assert signals.posthog_events == []
         assert any("track() event name" in r.getMessage() for r in caplog.records)
+
+
+def test_extract_without_traceparent_keeps_the_current_trace() -> None:
+    """A request with no traceparent continues the span HTTP instrumentation made current."""
+    from opentelemetry.sdk.trace import TracerProvider
+
+    tracer = TracerProvider().get_tracer("test")
+    with tracer.start_as_current_span("server") as span:
+        expected = format(span.get_span_context().trace_id, "032x")
+        with ik.extract({"x-request-id": "r1"}):
+            assert ik.correlation_id() == expected

@@ -201,7 +201,9 @@ def extract(headers: Mapping[str, str]) -> Binding:
         ...     assert ik.correlation_id() == "ab" * 16
     """
     lowered = {str(k).lower(): v for k, v in headers.items()}
-    ctx = _TRACECONTEXT.extract(lowered)
+    # Start from the current context: a request without traceparent keeps the server span (and
+    # its trace id) that HTTP instrumentation already made current, and its baggage.
+    ctx = _TRACECONTEXT.extract(lowered, context=otel_context.get_current())
     ctx = _BAGGAGE.extract(lowered, context=ctx)
     user = otel_baggage.get_baggage(BAGGAGE_USER_KEY, ctx)
     user_token = USER.set(_decode_user(user)) if isinstance(user, str) and user else None
