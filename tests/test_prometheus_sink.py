@@ -43,14 +43,16 @@ def _value(registry: CollectorRegistry, name: str, **labels: str) -> float | Non
 
 
 def _run_cron(*, processed: int = 0, fail: bool = False) -> None:
+    """One run; then wait for its export (pushes and textfile writes happen on a worker)."""
     cron = ik.monitor_cron(CRON, every=86400, max_runtime=300)
     if fail:
         with pytest.raises(RuntimeError), cron as run:
             run.processed += processed
             raise RuntimeError("renewal failed")
-        return
-    with cron as run:
-        run.processed += processed
+    else:
+        with cron as run:
+            run.processed += processed
+    ik.flush(timeout=10)
 
 
 @pytest.fixture
@@ -151,6 +153,7 @@ class TestTextfile:
         other = ik.monitor_cron("ledger_export", every=3600, max_runtime=60)
         with other:
             pass
+        ik.flush(timeout=10)  # textfiles are written on the export worker
         assert sorted(p.name for p in tmp_path.iterdir()) == [
             "cron_ledger_export.prom",
             f"cron_{CRON}.prom",
@@ -212,6 +215,7 @@ class TestPushgateway:
         Counter("app_requests", "The application's own metric.", registry=registry).inc()
         with ik.monitor_cron("ledger_export", every=3600, max_runtime=60):
             pass
+        ik.flush(timeout=10)  # its push runs on the export worker: let it land before the wipe
         pushgateway.wipe()
         ik.assert_invariant(False, billing.NO_DOUBLE_CHARGE)
         _run_cron(processed=9)
@@ -270,6 +274,7 @@ def test_pushgateway_down_is_counted_not_raised(
     with caplog.at_level(logging.WARNING, logger="invariantkit"):
         assert job() == "renewed"
         assert job() == "renewed"
+        ik.flush(timeout=10)  # pushes run on the export worker
     assert _value(registry, f"cron_{CRON}_last_status") == 1
     assert _value(registry, "invariantkit_sink_dropped_total", sink="prometheus") == 2
     [warning] = [r for r in caplog.records if "Pushgateway" in r.getMessage()]
@@ -294,6 +299,7 @@ def test_a_gateway_that_never_answers_is_bounded_by_push_timeout(
         ):
             raise error
         assert info.value is error
+        ik.flush(timeout=10)  # the push gives up after push_timeout, on the export worker
     assert _value(registry, "invariantkit_sink_dropped_total", sink="prometheus") == 1
     assert _value(registry, f"cron_{CRON}_last_status") == 0
 

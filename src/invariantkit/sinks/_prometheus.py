@@ -350,6 +350,7 @@ class PrometheusMetrics:
         self._retries: dict[str, Any] = {}
         self._capped: dict[str, set[str]] = {}
         self._lock = threading.Lock()
+        self._io: Any = None  # the export worker (Pushgateway, textfile), made on first use
         self._export_failures_logged: set[str] = set()
 
     # -- declarations ---------------------------------------------------------------------------
@@ -504,10 +505,38 @@ class PrometheusMetrics:
         ):
             processed = 0
         gauges.processed.set(processed)
+        if self.pushgateway is not None or self.textfile is not None:
+            # The network (and the disk) wait on a worker, never on the job's thread; flush(),
+            # shutdown() and the exit drain wait for it within their bound.
+            self._io_worker().submit((record.name, gauges))
+
+    def _io_worker(self) -> Any:
+        worker = self._io
+        if worker is None:
+            from invariantkit._dispatch import Worker
+
+            with self._lock:
+                if self._io is None:
+                    self._io = Worker(
+                        self._export,
+                        maxsize=1000,
+                        on_drop=self._export_dropped,
+                        name="invariantkit-prometheus-export",
+                    )
+                worker = self._io
+        return worker
+
+    def _export(self, item: tuple[str, _CronGauges]) -> None:
+        cron, gauges = item
         if self.pushgateway is not None:
-            self._push(record.name, gauges)
+            self._push(cron, gauges)
         if self.textfile is not None:
-            self._write_textfile(record.name)
+            self._write_textfile(cron)
+
+    def _export_dropped(self, count: int) -> None:
+        from invariantkit._config import count_dropped
+
+        count_dropped(self.name, count)
 
     def _push(self, cron: str, gauges: _CronGauges) -> None:
         """Push the shared families and ``cron``'s gauges; bounded, never raises."""
@@ -575,10 +604,11 @@ class PrometheusMetrics:
             pass
 
     def flush(self, timeout: float) -> bool:
-        return True
+        """Wait (at most ``timeout`` s) for pending Pushgateway pushes and textfile writes."""
+        return True if self._io is None else bool(self._io.flush(timeout))
 
     def shutdown(self, timeout: float) -> bool:
-        return True
+        return True if self._io is None else bool(self._io.stop(timeout))
 
 
 def _split_credentials(url: str | None) -> tuple[str, tuple[str, str] | None]:
