@@ -431,3 +431,18 @@ def test_constructor_errors_do_not_quote_credentials(build: Any, secret: str) ->
         build()
     assert secret not in str(info.value)
     assert "client" in str(info.value)
+
+
+def test_static_attributes_follow_a_later_configure_scrub() -> None:
+    """Operations are declared at import and configured later: their static attributes are
+    scrubbed with the rules in force when they run, not those at decoration."""
+
+    @ik.operation("scrub_static_later", attributes={"billing.plan_code": "tier-gold"})
+    def charge() -> None:
+        return None
+
+    with capture_signals(scrub=ik.Scrubber(deny_keys=frozenset({"plan_code"}))) as signals:
+        charge()
+        [span] = [s for s in signals.spans if s.name == "billing.scrub_static_later"]
+    assert span.attributes is not None
+    assert span.attributes["billing.plan_code"] == "[redacted]"

@@ -64,29 +64,43 @@ def _internal_error(where: str) -> None:
 
 class _Plan:
     """Everything about an operation that does not change between calls, computed once at
-    decoration time: the declaration, the span name and the span's static attributes (scrubbed
-    once, with the active configuration's rules, or the default ones before ``configure()``)."""
+    decoration time: the declaration, the span name and the span's static attributes, scrubbed
+    with the active configuration's rules (the default ones before ``configure()``) and scrubbed
+    again when the configuration changes (operations are declared at import, configured later).
+    """
 
-    __slots__ = ("attributes", "decl", "name", "span_attributes", "span_name")
+    __slots__ = (
+        "attributes",
+        "config",
+        "decl",
+        "has_static",
+        "name",
+        "span_attributes",
+        "span_name",
+    )
 
     def __init__(self, decl: OperationDecl) -> None:
         self.decl = decl
         self.name = decl.name
         self.span_name = decl.span_name
+        self.has_static = bool(decl.attributes)
+        self.refresh()
+
+    def refresh(self) -> None:
+        config = self.config = STATE.config
         static: dict[str, Any] = {}
-        if decl.attributes:
-            config = STATE.config
+        if self.has_static:
             scrubber = config.scrubber if config is not None else Scrubber()
-            for key, value in decl.attributes.items():
+            for key, value in self.decl.attributes.items():
                 static[key] = _scrub_attribute(scrubber, key, value)
-        self.attributes: Mapping[str, Any] = static or EMPTY
         # Each span attribute costs the SDK a validation on every call: only what the contract
         # needs. The domain is already in the span name; it is repeated only when not "billing".
-        span_attributes: dict[str, Any] = {"billing.operation": decl.name}
-        if decl.domain != "billing":
-            span_attributes["billing.domain"] = decl.domain
+        span_attributes: dict[str, Any] = {"billing.operation": self.decl.name}
+        if self.decl.domain != "billing":
+            span_attributes["billing.domain"] = self.decl.domain
         span_attributes.update(static)
         self.span_attributes = span_attributes
+        self.attributes: Mapping[str, Any] = static or EMPTY
 
 
 class OperationRun:
@@ -115,6 +129,8 @@ class OperationRun:
 
     # The hot path: keep calls and attribute stores to the minimum (see benchmarks/).
     def __init__(self, plan: _Plan, d: Dispatcher) -> None:
+        if plan.has_static and plan.config is not STATE.config:
+            plan.refresh()  # configure(scrub=...) changed since the attributes were scrubbed
         self._plan = plan
         self._dispatcher = d
         self._attributes: dict[str, Any] | None = None
