@@ -93,10 +93,17 @@ class TestCheckNoDoubleCharge:
         assert dict(violation.extra) == {}
 
     @pytest.mark.parametrize("bad", [None, "2", 1.5, Decimal("2.5"), object()])
-    def test_count_must_be_whole(self, bad: object) -> None:
-        """A count that is not a whole number is the caller's bug: a TypeError naming it."""
-        with pytest.raises(TypeError, match="charges_today must be a whole number"):
-            billing.check_no_double_charge("sub_1", bad)  # type: ignore[arg-type]
+    def test_a_count_that_is_not_whole_is_reported_never_raised(self, bad: object) -> None:
+        """Runtime data that cannot be counted: reported (it cannot be told that the guarantee
+        holds) with the reason, never an exception in the charge path."""
+        with capture_signals() as signals:
+            assert billing.check_no_double_charge("sub_1", bad) is False  # type: ignore[arg-type]
+            [violation] = signals.violations
+        assert violation.name == "NO_DOUBLE_CHARGE"
+        assert (
+            "charges_today must be a whole number"
+            in violation.extra["invariantkit.condition_error"]
+        )
 
     def test_enforce_mode(self) -> None:
         """In enforce mode a double charge raises InvariantViolation."""
@@ -300,18 +307,25 @@ class TestCheckPeriodAdvanced:
         """ISO 8601 strings (as JSON APIs return them) are accepted, ``Z`` included."""
         assert billing.check_period_advanced("sub_1", text, now=NOW) is holds
 
-    def test_bad_values_fail_loudly(self) -> None:
-        """Neither a datetime nor an ISO string: a clear error naming the argument."""
-        with pytest.raises(
-            ValueError, match="period_end='next month' is not an ISO 8601 date-time"
-        ):
-            billing.check_period_advanced("sub_1", "next month", now=NOW)
-        with pytest.raises(
-            TypeError, match="period_end must be a datetime or an ISO 8601 string, not int"
-        ):
-            billing.check_period_advanced("sub_1", 1705320000, now=NOW)  # type: ignore[arg-type]
-        with pytest.raises(TypeError, match="now must be a datetime"):
-            billing.check_period_advanced("sub_1", NOW, now=dt.date(2024, 1, 15))  # type: ignore[arg-type]
+    @pytest.mark.parametrize(
+        ("period_end", "now", "reason"),
+        [
+            ("next month", NOW, "period_end='next month' is not an ISO 8601 date-time"),
+            (None, NOW, "period_end must be a datetime or an ISO 8601 string, not NoneType"),
+            (1705320000, NOW, "period_end must be a datetime or an ISO 8601 string, not int"),
+            (NOW, dt.date(2024, 1, 15), "now must be a datetime"),
+        ],
+    )
+    def test_unreadable_values_are_reported_never_raised(
+        self, period_end: object, now: object, reason: str
+    ) -> None:
+        """A period end missing or unreadable after a charge did not advance: reported with the
+        reason, naming the argument; never an exception in the charge path."""
+        with capture_signals() as signals:
+            assert billing.check_period_advanced("sub_1", period_end, now=now) is False  # type: ignore[arg-type]
+            [violation] = signals.violations
+        assert violation.name == "PERIOD_MUST_ADVANCE"
+        assert reason in violation.extra["invariantkit.condition_error"]
 
     def test_enforce_mode(self) -> None:
         """Enforce mode raises InvariantViolation after reporting."""

@@ -169,7 +169,8 @@ def check_no_double_charge(
     Args:
         subscription_id: the subscription (a tag, never a metric label).
         charges_today: successful charges today, an int (an integral ``Decimal`` is accepted);
-            anything else raises ``TypeError``.
+            anything else is reported as a violation with ``invariantkit.condition_error`` in
+            the extra (it cannot be told that the guarantee holds), never raised.
         charge_events: today's charge events, for the person on call (the event's extra).
 
     Example:
@@ -177,10 +178,23 @@ def check_no_double_charge(
         >>> billing.check_no_double_charge("sub_1", 1)
         True
     """
-    count = _count(charges_today)
+    extra: dict[str, Any] | None = (
+        {"charge_events": charge_events} if charge_events is not None else None
+    )
+    try:
+        count = _count(charges_today)
+    except TypeError as exc:
+        # Runtime data that cannot be counted: report it like a condition that cannot be told
+        # (on call looks), never raise into the charge path.
+        extra = {**(extra or {}), "invariantkit.condition_error": str(exc)}
+        return assert_invariant(
+            False,
+            NO_DOUBLE_CHARGE,
+            tags={"subscription_id": subscription_id, "charges_count": charges_today},
+            extra=extra,
+        )
     if count <= 1:
         return True
-    extra = {"charge_events": charge_events} if charge_events is not None else None
     return assert_invariant(
         False,
         NO_DOUBLE_CHARGE,
@@ -344,11 +358,21 @@ def check_period_advanced(
         >>> billing.check_period_advanced("sub_1", now + dt.timedelta(days=30), now=now)
         True
     """
-    end = _aware(period_end, "period_end")
-    current = dt.datetime.now(dt.timezone.utc) if now is None else _aware(now, "now")
+    extra: dict[str, Any] = {"actual_period_end": _iso(period_end)}
+    try:
+        end = _aware(period_end, "period_end")
+        current = dt.datetime.now(dt.timezone.utc) if now is None else _aware(now, "now")
+    except (TypeError, ValueError) as exc:
+        # A period end that is missing or unreadable after a charge did not advance: report it
+        # (with why), never raise into the charge path.
+        extra["invariantkit.condition_error"] = str(exc)
+        if expected_period_end is not None:
+            extra["expected_period_end"] = _iso(expected_period_end)
+        return assert_invariant(
+            False, PERIOD_MUST_ADVANCE, tags={"subscription_id": subscription_id}, extra=extra
+        )
     if end > current:
         return True
-    extra: dict[str, Any] = {"actual_period_end": _iso(period_end)}
     if expected_period_end is not None:
         extra["expected_period_end"] = _iso(expected_period_end)
     extra["now"] = current.isoformat()
