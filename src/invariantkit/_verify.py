@@ -841,14 +841,16 @@ def _check_correlation() -> list[Check]:
             item_ids,
             problems,
             f"one trace id ({trace_id}) in the span, Sentry, the Prometheus exemplar, PostHog, "
-            "the log line and the next service",
+            "the log line and the next service, on in-process pipelines of the real SDKs; "
+            f"your configuration sends to: {', '.join(have) or 'nothing'}",
             details=details,
         ),
         _check(
             "correlation.user_id",
             item_user,
             user_problems,
-            "one user id in the span, Sentry, PostHog, the log line and the next service",
+            "one user id in the span, Sentry, PostHog, the log line and the next service "
+            f"(in-process pipelines; your configuration sends to: {', '.join(have) or 'nothing'})",
         ),
     ]
     if missing:
