@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
 
 import invariantkit as ik
 from invariantkit import billing
@@ -119,44 +119,17 @@ def running(job: Callable[[], None], every: float) -> Iterator[threading.Event]:
         thread.join(5)
 
 
-def lifecycle_counters(registry: CollectorRegistry) -> tuple[Any, Any]:
-    """``billing_subscription_events_total{event}`` and ``billing_renewal_failures_total{reason}``
-    in ``registry``: the Prometheus sink's when it has them (issue 11), else made here with the
-    same names so that the dashboard queries have data."""
-    names = set()
-    for family in registry.collect():
-        names.add(family.name)
-    if "billing_subscription_events" in names and "billing_renewal_failures" in names:
-        return None, None
-    events = Counter(
-        "billing_subscription_events_total", "Lifecycle events.", ["event"], registry=registry
-    )
-    failures = Counter(
-        "billing_renewal_failures_total", "Failed renewals.", ["reason"], registry=registry
-    )
-    return events, failures
-
-
 def business_activity(registry: CollectorRegistry, db: sqlite3.Connection) -> None:
     """Renewals (some failing), cancellations, billing operations, an idempotent retry and a
     dropped signal: what the dashboards show."""
-    events, failures = lifecycle_counters(registry)
+    # The real lifecycle helpers: the Prometheus sink counts what the dashboards query.
     for i in range(6):
         sub = f"sub_{i}"
         if i % 3 == 0:
-            if events is None:
-                renewal_failed(sub, reason="card_declined")
-            else:
-                events.labels("subscription_renewal_failed").inc()
-                failures.labels("card_declined").inc()
-        elif events is None:
-            renewal_succeeded(sub, period_number=2)
+            renewal_failed(sub, reason="card_declined")
         else:
-            events.labels("subscription_renewal_success").inc()
-    if events is None:
-        subscription_canceled("sub_9", reason="user_requested", periods_completed=3)
-    else:
-        events.labels("subscription_canceled").inc()
+            renewal_succeeded(sub, period_number=2)
+    subscription_canceled("sub_9", reason="user_requested", periods_completed=3)
 
     @ik.billing_operation("charge")
     def charge(fail: bool) -> None:
