@@ -101,7 +101,7 @@ def test_flush_and_shutdown_are_bounded_and_do_not_starve_other_sinks() -> None:
     try:
         start = time.monotonic()
         assert dispatcher.flush(0.5) is False
-        assert time.monotonic() - start < 1.0
+        assert time.monotonic() - start < 2.0  # bounded (a stuck handler would be forever)
         assert other.flushed == 1
         threads = threading.active_count()
         for _ in range(5):
@@ -110,7 +110,7 @@ def test_flush_and_shutdown_are_bounded_and_do_not_starve_other_sinks() -> None:
         assert threading.active_count() <= threads
         start = time.monotonic()
         assert dispatcher.shutdown(0.5) is False
-        assert time.monotonic() - start < 1.0
+        assert time.monotonic() - start < 2.0  # bounded (a stuck handler would be forever)
     finally:
         release.set()
 
@@ -135,7 +135,7 @@ def test_worker_flush_waits_for_earlier_items_only_within_its_timeout() -> None:
     worker.submit(99)
     start = time.monotonic()
     assert worker.flush(0.3) is False
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 2.0  # bounded (a stuck handler would be forever)
     for i in range(10):
         worker.submit(100 + i)
     # Five fit behind the stuck one (the timed-out flush's marker may hold a slot); the rest are
@@ -144,7 +144,7 @@ def test_worker_flush_waits_for_earlier_items_only_within_its_timeout() -> None:
     queued_drops = sum(dropped)
     start = time.monotonic()
     assert worker.stop(0.3) is False
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 2.0  # bounded (a stuck handler would be forever)
     assert worker.submit(1) is False  # stopped: dropped and counted, never blocking
     assert sum(dropped) == queued_drops + 1
     gate.set()

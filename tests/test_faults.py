@@ -452,7 +452,7 @@ def test_posthog_defaults_would_block_without_our_bound(monkeypatch: pytest.Monk
                 assert_business_unchanged(run_billing_code())
                 start = time.monotonic()
                 assert ik.flush(timeout=1) is False  # not delivered: said so, within the bound
-                assert time.monotonic() - start < 1.5
+                assert time.monotonic() - start < 2.5  # vs PostHog's own 7 s, OTel's 10 s
                 receiver.wait_until(lambda: receiver.received, timeout=10, message="a batch")
                 start = time.monotonic()
                 ik.shutdown(timeout=2)
@@ -477,7 +477,7 @@ def test_otel_force_flush_ignoring_its_timeout_is_bounded(monkeypatch: pytest.Mo
             assert_business_unchanged(run_billing_code())
         start = time.monotonic()
         assert ik.flush(timeout=1) is False
-        assert time.monotonic() - start < 1.5
+        assert time.monotonic() - start < 2.5  # vs PostHog's own 7 s, OTel's 10 s
         assert_delivered(p, "sentry")
         assert_delivered(p, "posthog")
 
