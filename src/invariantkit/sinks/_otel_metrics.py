@@ -7,31 +7,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from opentelemetry import metrics
 
+# The same buckets (in seconds) and label cap as the Prometheus sink: one definition. The SDK's
+# default boundaries (0, 5, 10, 25 ... 10000) are meant for milliseconds and would put every call
+# in one bucket.
+from invariantkit.sinks._prometheus import DURATION_BUCKETS, LABEL_VALUE_CAP
+
 if TYPE_CHECKING:
     from invariantkit._record import Record
 
 __all__ = ["OtelMetrics"]
-
-#: The same buckets as the Prometheus histogram, in seconds. The SDK's default boundaries
-#: (0, 5, 10, 25 ... 10000) are meant for milliseconds and would put every call in one bucket.
-DURATION_BUCKETS: tuple[float, ...] = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    300.0,
-)
-#: Distinct ``error_type`` values per operation before new ones fold into ``other``.
-LABEL_VALUE_CAP = 100
 
 
 class OtelMetrics:
