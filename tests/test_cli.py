@@ -44,6 +44,20 @@ RENEWAL = ik.monitor_cron("subscription_renewal", every=86400, max_runtime=300, 
 """
 
 
+BACKEND_ENV = (
+    "SENTRY_DSN",
+    "POSTHOG_PROJECT_API_KEY",
+    "POSTHOG_API_KEY",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+)
+
+
+def clear_backend_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No real backend from the environment: the command uses in-process pipelines."""
+    for var in BACKEND_ENV:
+        monkeypatch.delenv(var, raising=False)
+
+
 @pytest.fixture
 def make_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[str], str]]:
     """Write an application module into a fresh directory (the cwd); return its unique name.
@@ -283,13 +297,7 @@ class TestDemo:
     def test_json_and_exit_code_zero(
         self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        for var in (
-            "SENTRY_DSN",
-            "POSTHOG_PROJECT_API_KEY",
-            "POSTHOG_API_KEY",
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-        ):
-            monkeypatch.delenv(var, raising=False)
+        clear_backend_env(monkeypatch)
         code, out, _ = run(capsys, "demo", "-n", "20", "-d", "8", "--seed", "9", "--json")
         assert code == 0
         data = json.loads(out)
@@ -301,13 +309,7 @@ class TestDemo:
         self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
     ) -> None:
         monkeypatch.setenv("COLUMNS", "220")
-        for var in (
-            "SENTRY_DSN",
-            "POSTHOG_PROJECT_API_KEY",
-            "POSTHOG_API_KEY",
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-        ):
-            monkeypatch.delenv(var, raising=False)
+        clear_backend_env(monkeypatch)
         code, out, _ = run(capsys, "demo", "-n", "20", "-d", "8")
         assert code == 0
         for text in (
@@ -323,13 +325,7 @@ class TestDemo:
         self, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """Your own rule file without an invariant's rule: that fault fires nothing, exit 1."""
-        for var in (
-            "SENTRY_DSN",
-            "POSTHOG_PROJECT_API_KEY",
-            "POSTHOG_API_KEY",
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-        ):
-            monkeypatch.delenv(var, raising=False)
+        clear_backend_env(monkeypatch)
         rules = tmp_path / "rules.yml"
         rules.write_text(
             "groups:\n- name: mine\n  rules:\n  - alert: AnyViolation\n"
@@ -347,13 +343,7 @@ class TestDemo:
     ) -> None:
         """--write-rules: the rules the demo evaluates, valid for promtool, cron and constraint
         included."""
-        for var in (
-            "SENTRY_DSN",
-            "POSTHOG_PROJECT_API_KEY",
-            "POSTHOG_API_KEY",
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-        ):
-            monkeypatch.delenv(var, raising=False)
+        clear_backend_env(monkeypatch)
         target = tmp_path / "invariantkit-rules.yml"
         code, out, _ = run(
             capsys, "demo", "-n", "20", "-d", "8", "--json", "--write-rules", str(target)
@@ -429,13 +419,7 @@ class TestFireTestAlert:
         capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
-        for var in (
-            "SENTRY_DSN",
-            "POSTHOG_PROJECT_API_KEY",
-            "POSTHOG_API_KEY",
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-        ):
-            monkeypatch.delenv(var, raising=False)
+        clear_backend_env(monkeypatch)
         code, out, _ = run(capsys, "fire-test-alert", "-m", make_module(APP))
         assert code == 0
         for name in (
@@ -477,13 +461,7 @@ class TestFireTestAlert:
         monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """A CLI process is never scraped: the test counter is pushed."""
-        for var in (
-            "SENTRY_DSN",
-            "POSTHOG_PROJECT_API_KEY",
-            "POSTHOG_API_KEY",
-            "OTEL_EXPORTER_OTLP_ENDPOINT",
-        ):
-            monkeypatch.delenv(var, raising=False)
+        clear_backend_env(monkeypatch)
         code, out, err = run(
             capsys,
             "fire-test-alert",
