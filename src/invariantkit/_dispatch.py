@@ -169,7 +169,6 @@ class Dispatcher:
         self.inline: tuple[Sink, ...] = tuple(s for s in self.sinks if not s.deferred)
         self.deferred: tuple[Sink, ...] = tuple(s for s in self.sinks if s.deferred)
         self._logged: set[str] = set()
-        self._closed = False
         self.worker: Worker | None = (
             Worker(self._run_deferred, maxsize=queue_size, on_drop=self._worker_dropped)
             if self.deferred
@@ -196,10 +195,6 @@ class Dispatcher:
                 self.sink_failed(sink, exc)
         if self.worker is not None:
             self.worker.submit(record)
-
-    def wants_start(self) -> bool:
-        """True when some log sink would write the debug ``operation start`` line."""
-        return any(s.logger.isEnabledFor(logging.DEBUG) for s in self.log_sinks)
 
     def _run_deferred(self, record: Record) -> None:
         for sink in self.deferred:
@@ -289,9 +284,7 @@ class Dispatcher:
         if self.worker is not None:
             ok = self.worker.stop(_left(deadline)) and ok
         calls = [(sink, sink.flush if id(sink) in kept else sink.shutdown) for sink in self.sinks]
-        ok = self._bounded(calls, deadline) and ok
-        self._closed = True
-        return ok
+        return self._bounded(calls, deadline) and ok
 
     def _bounded(
         self, calls: Sequence[tuple[Sink, Callable[[float], bool]]], deadline: float

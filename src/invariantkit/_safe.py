@@ -115,11 +115,6 @@ def _luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
-def is_card_number(digits: str) -> bool:
-    """True when ``digits`` (digits only) is card-number shaped: 13 to 19 digits passing Luhn."""
-    return 13 <= len(digits) <= 19 and digits.isascii() and digits.isdigit() and _luhn_ok(digits)
-
-
 def _normal_key(key: str) -> str:
     return _KEY_PARTS.sub("", key.lower())
 

@@ -179,10 +179,6 @@ def _in(ids: Iterable[str], index: dict[str, list[Any]]) -> list[Any]:
     return out
 
 
-def _ok(flag: bool) -> str:
-    return "✓" if flag else "✗"
-
-
 # -- the checks, per fault ----------------------------------------------------------------------
 
 

@@ -140,10 +140,6 @@ class PaymentProviderUnavailable(Exception):
     """The payment provider did not answer (the demo's outage)."""
 
 
-class ChargeTimeout(Exception):
-    """The provider charged, but the answer timed out (the client retries)."""
-
-
 @dataclass
 class Faults:
     """Switches the simulation flips to inject faults into the service."""
