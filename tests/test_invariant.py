@@ -530,7 +530,15 @@ def _strings(value: Any) -> Iterator[str]:
 class TestArbitraryValues:
     """Tag and extra values of any kind are reported as safe, truncated strings; never raise."""
 
-    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    # No example database and a fixed seed: the strategies build objects with identity-based
+    # equality, so examples replayed from another process's database can draw differently.
+    @settings(
+        max_examples=60,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+        database=None,
+        derandomize=True,
+    )
     @given(tags=mappings, extra=mappings)
     def test_never_raises_and_is_reported_safely(self, tags: Any, extra: Any) -> None:
         """Whatever is passed, the violation reaches every backend with bounded, JSON-safe values."""
