@@ -126,6 +126,23 @@ class DiscardSpans(SpanExporter):
         return True
 
 
+def floor_children(prefix: str, operation: str) -> tuple[Any, Any]:
+    """The floor's pre-bound counter and histogram children: what the contract requires per call,
+    in a registry of their own (as PrometheusMetrics pre-binds at decoration)."""
+    registry = CollectorRegistry()
+    counter = Counter(
+        f"{prefix}_total", "floor", ["operation", "outcome"], registry=registry
+    ).labels(operation, "success")
+    hist = Histogram(
+        f"{prefix}_duration_seconds",
+        "floor",
+        ["operation", "outcome"],
+        buckets=DURATION_BUCKETS,
+        registry=registry,
+    ).labels(operation, "success")
+    return counter, hist
+
+
 def tracer_provider(max_queue_size: int = 2048) -> tuple[TracerProvider, DiscardSpans]:
     """An SDK provider with a batch processor and a discarding exporter."""
     exporter = DiscardSpans()
@@ -285,18 +302,8 @@ def success_path(rounds: int) -> dict[str, Variant]:
         provider.force_flush()
 
     # -- the floor: the SDK calls the contract requires, made directly ------------------------
-    floor_registry = CollectorRegistry()
     tracer = provider.get_tracer("floor")
-    counter = Counter(
-        "floor_operation_total", "floor", ["operation", "outcome"], registry=floor_registry
-    ).labels("renewal", "success")
-    hist = Histogram(
-        "floor_operation_duration_seconds",
-        "floor",
-        ["operation", "outcome"],
-        buckets=DURATION_BUCKETS,
-        registry=floor_registry,
-    ).labels("renewal", "success")
+    counter, hist = floor_children("floor_operation", "renewal")
     user_var: ContextVar[str | None] = ContextVar("floor_user", default=None)
     attrs = {"billing.operation": "renewal"}
     ok = Status(StatusCode.OK)
@@ -737,18 +744,8 @@ def concurrency(total: int) -> None:
     async def aop() -> None:
         await asyncio.sleep(0)
 
-    floor_registry = CollectorRegistry()
     tracer = provider.get_tracer("floor")
-    counter = Counter(
-        "floor_conc_total", "floor", ["operation", "outcome"], registry=floor_registry
-    ).labels("conc", "success")
-    hist = Histogram(
-        "floor_conc_seconds",
-        "floor",
-        ["operation", "outcome"],
-        buckets=DURATION_BUCKETS,
-        registry=floor_registry,
-    ).labels("conc", "success")
+    counter, hist = floor_children("floor_conc", "conc")
     attrs = {"billing.operation": "conc"}
     ok = Status(StatusCode.OK)
     user_var: ContextVar[str | None] = ContextVar("floor_conc_user", default=None)

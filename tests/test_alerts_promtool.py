@@ -13,6 +13,7 @@ import invariantkit as ik
 from invariantkit import billing
 from invariantkit._catalog import Catalog, CronDecl, IdempotentDecl
 from invariantkit.alerts import alertmanager_config, prometheus_rule_tests, prometheus_rules
+from support.catalogs import with_guarantees
 from support.servers import run_amtool, run_promtool
 
 pytestmark = pytest.mark.slow
@@ -23,13 +24,7 @@ RULES = "invariantkit-rules.yml"
 def guide_catalog() -> Catalog:
     """The guide's three guarantees, one custom invariant and one cron (issue 6's "done
     when"), plus a constraint and an idempotent write."""
-    catalog = Catalog()
-    for inv in (
-        billing.NO_DOUBLE_CHARGE,
-        billing.CANCELED_NEVER_CHARGED,
-        billing.PERIOD_MUST_ADVANCE,
-    ):
-        catalog.add(inv)
+    catalog = with_guarantees()
     catalog.add(
         ik.Invariant(
             "REFUND_NOT_ABOVE_CHARGE",

@@ -13,22 +13,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import invariantkit as ik
-from invariantkit import billing
 from invariantkit._catalog import Catalog, CronDecl, IdempotentDecl
 from invariantkit.alerts import _common as common
 from invariantkit.alerts import alertmanager_config, prometheus_rules
+from support.catalogs import with_guarantees
 
 
 def guide_catalog() -> Catalog:
     """The guide's three guarantees, one custom invariant (another team), one cron, one
     constraint and one idempotent write."""
-    catalog = Catalog()
-    for inv in (
-        billing.NO_DOUBLE_CHARGE,
-        billing.CANCELED_NEVER_CHARGED,
-        billing.PERIOD_MUST_ADVANCE,
-    ):
-        catalog.add(inv)
+    catalog = with_guarantees()
     catalog.add(
         ik.Invariant(
             "LEDGER_BALANCED",

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 import invariantkit as ik
-from invariantkit import billing
 from invariantkit._catalog import Catalog, CronDecl
 from invariantkit.alerts import grafana_dashboards, playbooks
 from invariantkit.alerts._grafana import GRAFANA_VARIABLES, SCHEMA_VERSION, panel_queries
+from support.catalogs import with_guarantees
 
 GUIDE_FIELDS = (
     "what_it_shows",
@@ -26,13 +26,7 @@ SECTIONS = ("**What it shows:**", "**What normal looks like:**", "**What to do:*
 
 
 def guide_catalog() -> Catalog:
-    catalog = Catalog()
-    for inv in (
-        billing.NO_DOUBLE_CHARGE,
-        billing.CANCELED_NEVER_CHARGED,
-        billing.PERIOD_MUST_ADVANCE,
-    ):
-        catalog.add(inv)
+    catalog = with_guarantees()
     catalog.add(
         ik.Invariant("LEDGER_BALANCED", type="ledger_imbalance", summary="Ledger out of balance")
     )

@@ -9,9 +9,9 @@ from pathlib import Path
 import yaml
 
 import invariantkit as ik
-from invariantkit import billing
 from invariantkit._catalog import Catalog, CronDecl, IdempotentDecl
 from invariantkit.alerts import playbooks, prometheus_rules
+from support.catalogs import with_guarantees
 
 SECTIONS = (
     "## 1. Immediate (< 5 min)",
@@ -22,13 +22,7 @@ SECTIONS = (
 
 
 def guide_catalog() -> Catalog:
-    catalog = Catalog()
-    for inv in (
-        billing.NO_DOUBLE_CHARGE,
-        billing.CANCELED_NEVER_CHARGED,
-        billing.PERIOD_MUST_ADVANCE,
-    ):
-        catalog.add(inv)
+    catalog = with_guarantees()
     catalog.add(
         ik.Invariant(
             "REFUND_NOT_ABOVE_CHARGE",
