@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -175,7 +174,14 @@ def pipeline(
 
         # Teardown, in this order (ExitStack is LIFO): ik.shutdown, stop the receivers (hung
         # requests then fail at once), let the SDKs give up, restore the globals.
-        stack.callback(lambda: threading.Thread(target=provider.shutdown, daemon=True).start())
+        def stop_tracing() -> None:
+            # The exporter's shutdown ends its retry loop at once: otherwise it keeps retrying
+            # a dead endpoint for up to 10 s (drawing jitter from the global random) into the
+            # tests that run next.
+            exporter.shutdown()
+            bounded(provider.shutdown, 5.0, "test-otel-close")
+
+        stack.callback(stop_tracing)
         stack.callback(restore_logger)
         stack.callback(close_sentry)
         if posthog_client is None:  # the client our sink built: wait until it gave up

@@ -6,12 +6,18 @@ import json
 import logging
 import pickle
 import re
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opentelemetry import trace as otel_trace
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 from prometheus_client.openmetrics.exposition import generate_latest
 
@@ -203,6 +209,88 @@ class TestOutsideAnOperation:
             [operation] = [r for r in signals.records if r.kind == "operation"]
             assert operation.trace_id == trace_id
             signals.assert_correlated()
+
+    def test_span_ids_time_and_user(self, signals: Signals) -> None:
+        """The span is a root span with the record's ids, the report's time and the user."""
+        before = time.time_ns()
+        with ik.identify("user_7"):
+            ik.report_violation(billing.NO_DOUBLE_CHARGE, tags={"subscription_id": "sub_3"})
+        after = time.time_ns()
+        [record] = signals.violations
+        [span] = signals.spans
+        assert span.parent is None
+        assert format(span.context.span_id, "016x") == record.span_id
+        assert span.attributes is not None
+        assert span.attributes["enduser.id"] == "user_7"
+        assert span.start_time is not None
+        assert before - 1000 <= span.start_time <= after
+        [event] = span.events
+        assert event.attributes is not None
+        assert event.attributes["invariant.tag.subscription_id"] == "sub_3"
+        assert event.attributes["invariant.severity"] == "critical"
+
+    def test_span_continues_the_extracted_trace(self, signals: Signals) -> None:
+        """Under ``ik.extract()`` the violation's span is a child of the remote span."""
+        headers = {"traceparent": "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"}
+        with ik.extract(headers):
+            trace_id = ik.report_violation(billing.NO_DOUBLE_CHARGE)
+        assert trace_id == "ab" * 16
+        [span] = signals.spans
+        assert format(span.context.trace_id, "032x") == trace_id
+        assert span.parent is not None
+        assert format(span.parent.span_id, "016x") == "cd" * 8
+        assert format(span.context.span_id, "016x") == signals.violations[0].span_id
+
+    def test_span_is_made_off_the_call_path(self) -> None:
+        """With an SDK tracer the span is started on the worker, never on the caller's thread."""
+        threads: list[str] = []
+
+        class WhereStarted(SpanProcessor):
+            def on_start(self, span: Any, parent_context: Any = None) -> None:
+                threads.append(threading.current_thread().name)
+
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(WhereStarted())
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        ik.configure(sinks=[ik.sinks.OtelTraces(provider), ik.sinks.Memory()])
+        trace_id = ik.report_violation(billing.NO_DOUBLE_CHARGE)
+        assert ik.flush(2)
+        [span] = exporter.get_finished_spans()
+        assert format(span.context.trace_id, "032x") == trace_id
+        assert threads and threading.current_thread().name not in threads
+        # Operations' spans are still made on the caller's thread, with the SDK's own ids.
+        threads.clear()
+        with ik.billing_operation("renewal"):
+            pass
+        assert threads == [threading.current_thread().name]
+
+    def test_non_sdk_tracer_makes_the_span_inline(self) -> None:
+        """A tracer that is not the SDK's (ids cannot be chosen) still gets the span, inline."""
+        exporter = InMemorySpanExporter()
+        sdk = TracerProvider()
+        sdk.add_span_processor(SimpleSpanProcessor(exporter))
+
+        class Wrapped(otel_trace.TracerProvider):
+            def get_tracer(self, *args: Any, **kwargs: Any) -> otel_trace.Tracer:
+                inner = sdk.get_tracer(*args, **kwargs)
+
+                class Proxy(otel_trace.Tracer):
+                    def start_span(self, *a: Any, **k: Any) -> otel_trace.Span:
+                        return inner.start_span(*a, **k)
+
+                    def start_as_current_span(self, *a: Any, **k: Any) -> Any:
+                        return inner.start_as_current_span(*a, **k)
+
+                return Proxy()
+
+        sink = ik.sinks.OtelTraces(Wrapped())
+        assert not sink.defers_violation_spans
+        ik.configure(sinks=[sink])
+        trace_id = ik.report_violation(billing.NO_DOUBLE_CHARGE)
+        [span] = exporter.get_finished_spans()  # no flush: it ended before the call returned
+        assert format(span.context.trace_id, "032x") == trace_id
+        assert [e.name for e in span.events] == ["invariant.violated"]
 
     def test_nothing_is_left_bound(self, signals: Signals) -> None:
         """After a top-level violation, no span and no correlation stay current."""

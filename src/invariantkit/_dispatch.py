@@ -9,7 +9,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from invariantkit._record import Record
 from invariantkit._safe import install_log_filter, safe_str, scrub_for_log
@@ -159,6 +159,17 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_workers_after_fork)
 
 
+class _SpanLater(NamedTuple):
+    """A violation whose span the traces sink makes on the worker (see ``OtelTraces``)."""
+
+    record: Record
+    parent_span_id: int | None
+
+
+#: ``Dispatcher.emit(record)``: no span to make on the worker.
+NO_SPAN = -1
+
+
 class Dispatcher:
     """Sends each record to every sink. A sink's exception is caught, counted in
     ``invariantkit_sink_errors_total{sink}`` and logged once per sink; it never reaches the caller.
@@ -169,16 +180,18 @@ class Dispatcher:
         self.inline: tuple[Sink, ...] = tuple(s for s in self.sinks if not s.deferred)
         self.deferred: tuple[Sink, ...] = tuple(s for s in self.sinks if s.deferred)
         self._logged: set[str] = set()
-        self.worker: Worker | None = (
-            Worker(self._run_deferred, maxsize=queue_size, on_drop=self._worker_dropped)
-            if self.deferred
-            else None
-        )
         # The traces sink opens spans itself (they must exist during the call).
         from invariantkit.sinks._otel import OtelTraces
 
         self.traces: OtelTraces | None = next(
             (s for s in self.sinks if isinstance(s, OtelTraces)), None
+        )
+        #: Violations outside any span get their span on the worker, not on the call path.
+        self.spans_later = self.traces is not None and self.traces.defers_violation_spans
+        self.worker: Worker | None = (
+            Worker(self._run_deferred, maxsize=queue_size, on_drop=self._worker_dropped)
+            if self.deferred or self.spans_later
+            else None
         )
         self.log_sinks: tuple[Any, ...] = tuple(s for s in self.sinks if s.name == "json_logs")
         self._guard = threading.Lock()
@@ -187,16 +200,33 @@ class Dispatcher:
 
     # -- hot path -------------------------------------------------------------------------------
 
-    def emit(self, record: Record) -> None:
+    def emit(self, record: Record, span_parent: int | None = NO_SPAN) -> None:
+        """Send ``record`` to every sink. ``span_parent`` (only when ``spans_later``): the traces
+        sink makes the violation's span on the worker, child of that span id (None: a root)."""
         for sink in self.inline:
             try:
                 sink.emit(record)
             except Exception as exc:
                 self.sink_failed(sink, exc)
-        if self.worker is not None:
-            self.worker.submit(record)
+        worker = self.worker
+        if worker is not None:
+            if span_parent == NO_SPAN:
+                if self.deferred:
+                    worker.submit(record)
+            elif not worker.submit(_SpanLater(record, span_parent)) and self.traces is not None:
+                self.count_dropped(self.traces.name, 1)
 
-    def _run_deferred(self, record: Record) -> None:
+    def _run_deferred(self, item: Record | _SpanLater) -> None:
+        if isinstance(item, _SpanLater):
+            record = item.record
+            traces = self.traces
+            if traces is not None:
+                try:
+                    traces.violation_span(record, item.parent_span_id)
+                except Exception as exc:
+                    self.sink_failed(traces, exc)
+        else:
+            record = item
         for sink in self.deferred:
             try:
                 sink.emit(record)

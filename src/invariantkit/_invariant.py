@@ -15,6 +15,7 @@ from opentelemetry import trace
 from invariantkit._catalog import Declaration, Invariant, get_catalog
 from invariantkit._config import STATE, current_config, dispatcher
 from invariantkit._context import CORRELATION, USER, current_ids, new_span_id, new_trace_id
+from invariantkit._dispatch import NO_SPAN
 from invariantkit._record import Record
 from invariantkit._safe import safe_mapping, safe_str, safe_tags
 
@@ -75,32 +76,26 @@ def emit_violation(
     safe_extra = safe_mapping(extra, scrubber) if extra is not None else {}
     span: trace.Span | None = None
     otel_token = corr_token = None
-    current = trace.get_current_span()
-    if d.traces is not None and not current.is_recording():
-        # No span to put the event on: open one, in the trace of the bound correlation if any.
-        ids = current_ids()
-        parent = None
-        if ids is not None:
-            parent = trace.set_span_in_context(
-                trace.NonRecordingSpan(
-                    trace.SpanContext(
-                        ids[0], ids[1], False, trace.TraceFlags(trace.TraceFlags.SAMPLED)
-                    )
-                )
-            )
-        span = d.traces.tracer.start_span(
-            f"invariant.{invariant.name}",
-            context=parent,
-            attributes={"invariant.name": invariant.name, "invariant.type": invariant.type},
-        )
-        user = USER.get()
-        if user is not None:
-            span.set_attribute("enduser.id", user)
-        otel_token = otel_context.attach(trace.set_span_in_context(span))
-    ids = current_ids()
+    span_parent: int | None = NO_SPAN
+    ids: tuple[int, int] | None = None
+    traces = d.traces
+    if traces is not None and not trace.get_current_span().is_recording():
+        # No span to put the event on: the violation gets a span of its own, in the trace of
+        # the bound correlation if any.
+        bound = current_ids()
+        if d.spans_later:
+            # Its ids are chosen here; the span itself is made on the worker.
+            ids = (bound[0] if bound is not None else new_trace_id(), new_span_id())
+            span_parent = bound[1] if bound is not None else None
+            corr_token = CORRELATION.set(ids)
+        else:
+            span = _violation_span(traces.tracer, invariant, bound)
+            otel_token = otel_context.attach(trace.set_span_in_context(span))
     if ids is None:
-        ids = (new_trace_id(), new_span_id())
-        corr_token = CORRELATION.set(ids)
+        ids = current_ids()
+        if ids is None:
+            ids = (new_trace_id(), new_span_id())
+            corr_token = CORRELATION.set(ids)
     trace_id = format(ids[0], "032x")
     try:
         d.emit(
@@ -118,7 +113,8 @@ def emit_violation(
                 None,
                 invariant,
                 test,
-            )
+            ),
+            span_parent,
         )
     finally:
         if span is not None:
@@ -128,6 +124,26 @@ def emit_violation(
         if corr_token is not None:
             CORRELATION.reset(corr_token)
     return trace_id
+
+
+def _violation_span(
+    tracer: trace.Tracer, invariant: Invariant, bound: tuple[int, int] | None
+) -> trace.Span:
+    """The span of a violation outside any span, made on the caller's thread (non-SDK tracers)."""
+    parent = None
+    if bound is not None:
+        parent = trace.set_span_in_context(
+            trace.NonRecordingSpan(
+                trace.SpanContext(
+                    bound[0], bound[1], False, trace.TraceFlags(trace.TraceFlags.SAMPLED)
+                )
+            )
+        )
+    attributes = {"invariant.name": invariant.name, "invariant.type": invariant.type}
+    user = USER.get()
+    if user is not None:
+        attributes["enduser.id"] = user
+    return tracer.start_span(f"invariant.{invariant.name}", context=parent, attributes=attributes)
 
 
 def report_violation(

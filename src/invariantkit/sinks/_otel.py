@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.trace import Status, StatusCode
 
 if TYPE_CHECKING:
@@ -40,23 +42,61 @@ class OtelTraces:
         self.provider = tracer_provider
         source = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
         self.tracer: trace.Tracer = source.get_tracer("invariantkit", _VERSION)
+        self._chosen = _choosable_ids(self.tracer)
+
+    @property
+    def defers_violation_spans(self) -> bool:
+        """True when a violation outside any span gets its span on the background worker.
+
+        Needs an SDK tracer: the span's ids are chosen on the caller's thread (so the trace id
+        is known at once, for the return value, the exemplar and every other sink) and the
+        span is made with those ids later. Other tracers get the span on the caller's thread.
+        """
+        return self._chosen is not None
+
+    def violation_span(self, record: Record, parent_span_id: int | None) -> None:
+        """Make, on the worker, the span of a violation reported outside any span.
+
+        The span has the record's trace and span ids, the time of the report, the
+        ``invariant.violated`` event and status ERROR: the same span the caller's thread would
+        have made, without its cost on the call path. ``parent_span_id`` is the span of the
+        bound correlation (``ik.extract()``, a sampled-out span), None for a root span.
+        """
+        chosen = self._chosen
+        if chosen is None:
+            return
+        trace_id = int(record.trace_id, 16)
+        context = Context()
+        if parent_span_id is not None:
+            parent = trace.SpanContext(
+                trace_id, parent_span_id, False, trace.TraceFlags(trace.TraceFlags.SAMPLED)
+            )
+            context = trace.set_span_in_context(trace.NonRecordingSpan(parent), context)
+        decl = record.declaration
+        attributes: dict[str, Any] = {
+            "invariant.name": record.name,
+            "invariant.type": getattr(decl, "type", ""),
+        }
+        if record.user_id is not None:
+            attributes["enduser.id"] = record.user_id
+        at = int(record.timestamp * 1e9)
+        chosen.local.ids = (trace_id, int(record.span_id, 16))
+        try:
+            span = self.tracer.start_span(
+                f"invariant.{record.name}", context=context, attributes=attributes, start_time=at
+            )
+        finally:
+            chosen.local.ids = None
+        span.add_event("invariant.violated", _violation_attributes(record), timestamp=at)
+        span.set_status(Status(StatusCode.ERROR, f"invariant violated: {record.name}"))
+        span.end(end_time=at)
 
     def emit(self, record: Record) -> None:
         kind = record.kind
         if kind == "violation":
             span = trace.get_current_span()
             if span.is_recording():
-                decl = record.declaration
-                attrs: dict[str, Any] = {
-                    "invariant.name": record.name,
-                    "invariant.type": getattr(decl, "type", ""),
-                    "invariant.severity": getattr(decl, "severity", ""),
-                }
-                if record.test:
-                    attrs["invariant.test"] = True
-                for key, value in record.attributes.items():
-                    attrs[f"invariant.tag.{key}"] = value
-                span.add_event("invariant.violated", attrs)
+                span.add_event("invariant.violated", _violation_attributes(record))
                 span.set_status(Status(StatusCode.ERROR, f"invariant violated: {record.name}"))
         elif kind == "event":
             span = trace.get_current_span()
@@ -81,6 +121,65 @@ class OtelTraces:
     def shutdown(self, timeout: float) -> bool:
         # The provider belongs to the user (or the process): flush, never shut it down.
         return self.flush(timeout)
+
+
+def _violation_attributes(record: Record) -> dict[str, Any]:
+    decl = record.declaration
+    attrs: dict[str, Any] = {
+        "invariant.name": record.name,
+        "invariant.type": getattr(decl, "type", ""),
+        "invariant.severity": getattr(decl, "severity", ""),
+    }
+    if record.test:
+        attrs["invariant.test"] = True
+    for key, value in record.attributes.items():
+        attrs[f"invariant.tag.{key}"] = value
+    return attrs
+
+
+class _ChosenIds:
+    """An SDK ``IdGenerator`` that hands out ids chosen beforehand, on the thread that set them,
+    and delegates to the tracer's own generator everywhere else."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.local = threading.local()
+
+    def generate_trace_id(self) -> int:
+        ids = getattr(self.local, "ids", None)
+        return int(ids[0]) if ids is not None else int(self.inner.generate_trace_id())
+
+    def generate_span_id(self) -> int:
+        ids = getattr(self.local, "ids", None)
+        return int(ids[1]) if ids is not None else int(self.inner.generate_span_id())
+
+    def is_trace_id_random(self) -> bool:
+        if getattr(self.local, "ids", None) is not None:
+            return True  # ours come from random.getrandbits(128)
+        probe = getattr(self.inner, "is_trace_id_random", None)
+        return bool(probe()) if probe is not None else False
+
+
+def _choosable_ids(tracer: trace.Tracer) -> _ChosenIds | None:
+    """Let ``tracer`` (an SDK tracer) make spans with ids chosen in advance; None if it cannot.
+
+    The SDK shares one tracer per instrumentation scope, so the generator is wrapped once and
+    the wrapper delegates whenever no ids were chosen: other spans are unaffected.
+    """
+    try:
+        from opentelemetry.sdk.trace import Tracer as SdkTracer
+    except ImportError:  # pragma: no cover - the SDK is what makes spans at all
+        return None
+    if not isinstance(tracer, SdkTracer):
+        return None
+    current = getattr(tracer, "id_generator", None)
+    if isinstance(current, _ChosenIds):
+        return current
+    if current is None:
+        return None
+    chosen = _ChosenIds(current)
+    tracer.id_generator = chosen  # type: ignore[assignment]
+    return chosen
 
 
 def _span_attributes(values: Any) -> dict[str, Any]:
