@@ -258,7 +258,8 @@ class TestOutsideAnOperation:
         assert ik.flush(2)
         [span] = exporter.get_finished_spans()
         assert format(span.context.trace_id, "032x") == trace_id
-        assert threads and threading.current_thread().name not in threads
+        assert threads
+        assert threading.current_thread().name not in threads
         # Operations' spans are still made on the caller's thread, with the SDK's own ids.
         threads.clear()
         with ik.billing_operation("renewal"):

@@ -266,6 +266,37 @@ def test_ordinary_billing_values_are_kept(text: str) -> None:
     assert Scrubber().scrub_text(text) == text
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("a@b.io", REDACTED),  # the shortest values skip most patterns, never these
+        ("secret=x1", f"secret={REDACTED}"),
+        ("pwd:hunt", f"pwd:{REDACTED}"),
+        ("basic dTpw", f"basic {REDACTED}"),  # "u:p", 10 characters: the shortest shape
+        ("sub_123", "sub_123"),
+    ],
+)
+def test_short_values_are_still_scrubbed(text: str, expected: str) -> None:
+    """Short values take a fast path; it keeps every secret shape they can hold."""
+    assert Scrubber().scrub_text(text) == expected
+
+
+def test_short_values_go_through_custom_patterns() -> None:
+    """A custom pattern sees every value, however short."""
+    assert Scrubber(patterns=[r"EMP\d+"]).scrub_text("EMP42") == REDACTED
+
+
+def test_tag_keys_are_scrubbed_and_judged_once() -> None:
+    """Tag keys are cached per scrubber: same key, same verdict, and still configurable."""
+    scrubber = Scrubber(deny_keys=frozenset({"iban"}), allow_keys=frozenset({"card_note"}))
+    for _ in range(3):
+        tags = safe_tags(
+            {"iban": "DE44", "card_note": "4242 4242 4242 4242", "note": "4242 4242 4242 4242"},
+            scrubber,
+        )
+        assert tags == {"iban": REDACTED, "card_note": "4242 4242 4242 4242", "note": REDACTED}
+
+
 def test_deny_and_allow_lists_are_configurable() -> None:
     """``deny_keys`` adds keys redacted whole; ``allow_keys`` names safe fields sent as they are;
     ``patterns`` adds expressions; ``scrub=False`` sends everything as it is."""

@@ -205,6 +205,9 @@ class Scrubber:
     _key_cache: dict[str, bool] = field(
         default_factory=dict, init=False, repr=False, compare=False, hash=False
     )
+    _tag_keys: dict[str, tuple[str, int]] = field(
+        default_factory=dict, init=False, repr=False, compare=False, hash=False
+    )
     _deny_normal: frozenset[str] = field(
         default=frozenset(), init=False, repr=False, compare=False, hash=False
     )
@@ -272,6 +275,26 @@ class Scrubber:
             key.lower() in self.allow_keys or _normal_key(key) in self._allow_normal
         )
 
+    def tag_key(self, raw: str) -> tuple[str, int]:
+        """``raw`` as a tag key (scrubbed, cut to 32) and what its value gets: ``KEY_ALLOWED``
+        (kept), ``KEY_DENIED`` (redacted whole) or ``KEY_SCRUBBED`` (scrubbed by pattern).
+
+        Cached: a service reports the same few tag keys over and over.
+        """
+        cached = self._tag_keys.get(raw)
+        if cached is None:
+            if self.key_is_allowed(raw):
+                verdict = KEY_ALLOWED
+            elif self.key_is_denied(raw):
+                verdict = KEY_DENIED
+            else:
+                verdict = KEY_SCRUBBED
+            cached = (_key_text(raw, self, TAG_KEY_LIMIT), verdict)
+            if len(self._tag_keys) > 4096:
+                self._tag_keys.clear()
+            self._tag_keys[raw] = cached
+        return cached
+
     def key_is_denied(self, key: str) -> bool:
         """True when values under ``key`` are redacted whole."""
         cached = self._key_cache.get(key)
@@ -300,6 +323,8 @@ class Scrubber:
 
     def scrub_text(self, text: str) -> str:
         """Redact every sensitive substring of ``text``."""
+        if len(text) < _SHORTEST_SECRET and not self.patterns and not _MAY_HOLD_SHORT(text):
+            return text  # too short for a card, key, token or DSN; no "@", "=" or ":"
         if self.cards and _has_digit(text):
             text = _DIGIT_RUN.sub(_redact_cards, text)
         if self.credentials:
@@ -350,6 +375,12 @@ class Scrubber:
 
 
 _ANY_DIGIT = re.compile(r"[0-9]")
+#: Every built-in shape but e-mail addresses and ``key=value`` pairs is at least this long
+#: ("basic" + space + 4 characters).
+_SHORTEST_SECRET = 10
+_MAY_HOLD_SHORT = re.compile(r"[@=:]").search
+#: What ``Scrubber.tag_key`` says to do with a tag's value.
+KEY_ALLOWED, KEY_DENIED, KEY_SCRUBBED = 0, 1, 2
 
 
 def _has_digit(text: str) -> bool:
@@ -411,11 +442,10 @@ def safe_tags(tags: Mapping[Any, Any] | None, scrubber: Scrubber) -> dict[str, s
         return {"invariantkit.error": "tags could not be read"}
     for raw_key, raw_value in items[:ITEMS_LIMIT]:
         try:
-            raw_text = safe_str(raw_key, KEY_LIMIT + _SCRUB_MARGIN)
-            key = _key_text(raw_text, scrubber, TAG_KEY_LIMIT)
-            if scrubber.key_is_allowed(raw_text):
+            key, verdict = scrubber.tag_key(safe_str(raw_key, KEY_LIMIT + _SCRUB_MARGIN))
+            if verdict == KEY_ALLOWED:
                 out[key] = safe_str(_scalar_text(raw_value), TAG_VALUE_LIMIT)
-            elif scrubber.key_is_denied(raw_text):
+            elif verdict == KEY_DENIED:
                 out[key] = REDACTED
             elif isinstance(raw_value, int) and not isinstance(raw_value, bool):
                 out[key] = safe_str(scrubber.scrub_number(raw_value), TAG_VALUE_LIMIT)
