@@ -253,9 +253,12 @@ class TestOutsideAnOperation:
         provider = TracerProvider()
         provider.add_span_processor(WhereStarted())
         provider.add_span_processor(SimpleSpanProcessor(exporter))
-        ik.configure(sinks=[ik.sinks.OtelTraces(provider), ik.sinks.Memory()])
+        sink = ik.sinks.OtelTraces(provider)
+        ik.configure(sinks=[sink, ik.sinks.Memory()])
         trace_id = ik.report_violation(billing.NO_DOUBLE_CHARGE)
         assert ik.flush(2)
+        # The operations' tracer keeps the SDK's generator: nothing added to their path.
+        assert type(getattr(sink.tracer, "id_generator", None)).__name__ == "RandomIdGenerator"
         [span] = exporter.get_finished_spans()
         assert format(span.context.trace_id, "032x") == trace_id
         assert threads

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -62,9 +63,9 @@ class OtelTraces:
         have made, without its cost on the call path. ``parent_span_id`` is the span of the
         bound correlation (``ik.extract()``, a sampled-out span), None for a root span.
         """
-        chosen = self._chosen
-        if chosen is None:
+        if self._chosen is None:
             return
+        tracer, chosen = self._chosen
         trace_id = int(record.trace_id, 16)
         context = Context()
         if parent_span_id is not None:
@@ -82,7 +83,7 @@ class OtelTraces:
         at = int(record.timestamp * 1e9)
         chosen.local.ids = (trace_id, int(record.span_id, 16))
         try:
-            span = self.tracer.start_span(
+            span = tracer.start_span(
                 f"invariant.{record.name}", context=context, attributes=attributes, start_time=at
             )
         finally:
@@ -139,7 +140,7 @@ def _violation_attributes(record: Record) -> dict[str, Any]:
 
 class _ChosenIds:
     """An SDK ``IdGenerator`` that hands out ids chosen beforehand, on the thread that set them,
-    and delegates to the tracer's own generator everywhere else."""
+    and delegates to the tracer's own generator otherwise."""
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
@@ -160,26 +161,25 @@ class _ChosenIds:
         return bool(probe()) if probe is not None else False
 
 
-def _choosable_ids(tracer: trace.Tracer) -> _ChosenIds | None:
-    """Let ``tracer`` (an SDK tracer) make spans with ids chosen in advance; None if it cannot.
+def _choosable_ids(tracer: trace.Tracer) -> tuple[trace.Tracer, _ChosenIds] | None:
+    """A copy of ``tracer`` (an SDK tracer) that makes spans with ids chosen in advance; None
+    when ``tracer`` is not the SDK's.
 
-    The SDK shares one tracer per instrumentation scope, so the generator is wrapped once and
-    the wrapper delegates whenever no ids were chosen: other spans are unaffected.
+    A shallow copy: same instrumentation scope, sampler, resource, limits and span processors.
+    The SDK shares one tracer per scope; the copy keeps the operations' spans on the SDK's own
+    id generator, without a wrapper on their path.
     """
     try:
         from opentelemetry.sdk.trace import Tracer as SdkTracer
     except ImportError:  # pragma: no cover - the SDK is what makes spans at all
         return None
-    if not isinstance(tracer, SdkTracer):
+    inner = getattr(tracer, "id_generator", None)
+    if not isinstance(tracer, SdkTracer) or inner is None:
         return None
-    current = getattr(tracer, "id_generator", None)
-    if isinstance(current, _ChosenIds):
-        return current
-    if current is None:
-        return None
-    chosen = _ChosenIds(current)
-    tracer.id_generator = chosen  # type: ignore[assignment]
-    return chosen
+    violations = copy.copy(tracer)
+    chosen = _ChosenIds(inner)
+    violations.id_generator = chosen  # type: ignore[assignment]
+    return violations, chosen
 
 
 def _span_attributes(values: Any) -> dict[str, Any]:
