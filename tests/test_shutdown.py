@@ -89,3 +89,40 @@ def test_signals_queued_at_exit_are_delivered() -> None:
     )
     lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert sorted(line["tags"]["n"] for line in lines) == ["0", "1", "2", "3", "4"]
+
+
+def test_violation_spans_queued_at_exit_are_exported() -> None:
+    """Spans of violations outside any span are made on the worker: a script that exits right
+    after reporting still exports them (the exit drain runs before the provider shuts down)."""
+    script = textwrap.dedent(
+        """
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+        import invariantkit as ik
+        from invariantkit import billing
+
+        class Print(SpanExporter):
+            def export(self, spans):
+                for span in spans:
+                    print("span", span.name, format(span.context.trace_id, "032x"), flush=True)
+                return SpanExportResult.SUCCESS
+
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(Print()))
+        trace.set_tracer_provider(provider)
+        ik.configure(sinks=[ik.sinks.OtelTraces()])
+        for i in range(5):
+            print("reported", ik.report_violation(billing.NO_DOUBLE_CHARGE), flush=True)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    words = [line.split() for line in result.stdout.splitlines()]
+    reported = sorted(w[1] for w in words if w[0] == "reported")
+    exported = sorted(
+        w[2] for w in words if w[0] == "span" and w[1] == "invariant.NO_DOUBLE_CHARGE"
+    )
+    assert len(reported) == 5
+    assert exported == reported
