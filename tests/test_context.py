@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import http.client
 import re
 import threading
 from typing import Any
@@ -235,6 +236,26 @@ class TestInjectExtract:
             f"00-{cid}-{format(first.context.span_id, '016x')}-"
         )
         assert int(headers["traceparent"][-2:], 16) & 1  # sampled
+
+    @pytest.mark.parametrize("ours_first", [True, False])
+    def test_two_baggage_headers_are_both_read(self, ours_first: bool) -> None:
+        """Sentry's stdlib integration adds its own ``baggage`` header next to ours; an
+        ``http.server`` handler sees two. W3C combines them; the user id survives either order."""
+        with ik.identify("user_42"):
+            ours = ik.inject({})
+        sentry = "sentry-trace_id=" + "ef" * 16 + ",sentry-environment=production"
+        message = http.client.HTTPMessage()
+        message["traceparent"] = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
+        for value in (ours["baggage"], sentry) if ours_first else (sentry, ours["baggage"]):
+            message["baggage"] = value  # appends: two headers of that name
+
+        def callee() -> tuple[str, str | None]:
+            with ik.extract(message):
+                return ik.correlation_id(), USER.get()
+
+        cid, user = contextvars.Context().run(callee)
+        assert user == "user_42"
+        assert cid == "ab" * 16
 
     def test_round_trip_without_tracing(self) -> None:
         """Without spans the fallback correlation id crosses the boundary just the same."""

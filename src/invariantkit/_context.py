@@ -200,7 +200,15 @@ def extract(headers: Mapping[str, str]) -> Binding:
         >>> with ik.extract({"traceparent": "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"}):
         ...     assert ik.correlation_id() == "ab" * 16
     """
-    lowered = {str(k).lower(): v for k, v in headers.items()}
+    lowered: dict[str, str] = {}
+    for key, value in headers.items():
+        name = str(key).lower()
+        if name not in lowered:
+            lowered[name] = value
+        elif name == "baggage":
+            # Several baggage headers (ours and, say, Sentry's stdlib integration's) form one
+            # list (W3C Baggage); the first traceparent wins, as the spec allows only one.
+            lowered[name] = f"{lowered[name]},{value}"
     # Start from the current context: a request without traceparent keeps the server span (and
     # its trace id) that HTTP instrumentation already made current, and its baggage.
     ctx = _TRACECONTEXT.extract(lowered, context=otel_context.get_current())
