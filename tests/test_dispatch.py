@@ -190,3 +190,68 @@ def test_count_dropped_reaches_the_metrics_of_the_active_configuration() -> None
     finally:
         ik.shutdown(timeout=1)
     count_dropped("posthog", 1)  # nothing configured: a no-op
+
+
+class Preparing(Recording):
+    """A deferred sink that reads the caller's context first (as the Sentry sink forks scopes):
+    ``prepare`` on the caller's thread, ``deliver`` on the worker, violations only."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name, deferred=True)
+        self.prepared_on: list[str] = []
+        self.delivered_on: list[str] = []
+
+    def prepare(self, record: ik.Record) -> str | None:
+        if record.kind != "violation":
+            return None
+        self.prepared_on.append(threading.current_thread().name)
+        return f"context of {record.name}"
+
+    def deliver(self, record: ik.Record, prepared: str) -> None:
+        self.delivered_on.append(threading.current_thread().name)
+        assert prepared == f"context of {record.name}"
+        self.records.append(record)
+
+
+def test_prepared_sinks_read_inline_and_deliver_on_the_one_worker() -> None:
+    """A preparing sink reads on the caller's thread and delivers on the dispatcher's worker,
+    next to the plain deferred sinks: one queue, one thread, only the records it prepared."""
+    preparing, plain = Preparing("prep"), Recording("plain", deferred=True)
+    dispatcher = Dispatcher([preparing, plain])
+    dispatcher.emit(_record("violation", "A"))
+    dispatcher.emit(_record("event", "e"))
+    assert dispatcher.flush(2)
+    me = threading.current_thread().name
+    assert preparing.prepared_on == [me]
+    assert preparing.delivered_on
+    assert me not in preparing.delivered_on
+    assert [r.name for r in preparing.records] == ["A"]
+    assert [r.name for r in plain.records] == ["A", "e"]
+    dispatcher.shutdown(2)
+
+
+def test_a_full_queue_counts_each_record_for_the_sinks_it_was_for() -> None:
+    """With the worker's queue full, a lost event counts for the plain deferred sinks only; a
+    lost violation also for the sink that had prepared it."""
+    registry = CollectorRegistry()
+    release, started = threading.Event(), threading.Event()
+
+    class Stuck(Recording):
+        def emit(self, record: ik.Record) -> None:
+            if record.name == "first":  # holds the worker: the queue stays full
+                started.set()
+                release.wait(10)
+            super().emit(record)
+
+    preparing, plain = Preparing("prep"), Stuck("plain", deferred=True)
+    dispatcher = Dispatcher([ik.sinks.PrometheusMetrics(registry), preparing, plain], queue_size=1)
+    dispatcher.emit(_record("event", "first"))
+    assert started.wait(5)
+    dispatcher.emit(_record("event", "queued"))  # fills the queue (size 1)
+    dispatcher.emit(_record("event", "lost"))
+    dispatcher.emit(_record("violation", "lost"))
+    assert _sample(registry, "invariantkit_sink_dropped_total", sink="plain") == 2
+    assert _sample(registry, "invariantkit_sink_dropped_total", sink="prep") == 1
+    release.set()
+    dispatcher.shutdown(2)
+    assert [r.name for r in plain.records] == ["first", "queued"]

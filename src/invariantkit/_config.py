@@ -377,13 +377,6 @@ def current_config() -> Config:
     return config
 
 
-def sink_failed(sink: Sink, exc: BaseException) -> None:
-    """Count and log (once) an exception a sink raised on its own worker thread."""
-    d = STATE.dispatcher
-    if d is not None:
-        d.sink_failed(sink, exc)
-
-
 def count_dropped(sink_name: str, count: int) -> None:
     """Count signals that a sink's SDK dropped in ``invariantkit_sink_dropped_total{sink}``."""
     d = STATE.dispatcher

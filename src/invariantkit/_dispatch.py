@@ -159,11 +159,14 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_workers_after_fork)
 
 
-class _SpanLater(NamedTuple):
-    """A violation whose span the traces sink makes on the worker (see ``OtelTraces``)."""
+class _Job(NamedTuple):
+    """A record with work prepared on the caller's thread: the span the traces sink makes on
+    the worker (``span_parent``), what deferred sinks read from the caller's context
+    (``prepared``, aligned with ``Dispatcher.preparers``)."""
 
     record: Record
-    parent_span_id: int | None
+    span_parent: int | None
+    prepared: tuple[Any, ...] | None
 
 
 #: ``Dispatcher.emit(record)``: no span to make on the worker.
@@ -179,6 +182,13 @@ class Dispatcher:
         self.sinks: tuple[Sink, ...] = tuple(sinks)
         self.inline: tuple[Sink, ...] = tuple(s for s in self.sinks if not s.deferred)
         self.deferred: tuple[Sink, ...] = tuple(s for s in self.sinks if s.deferred)
+        # Deferred sinks that first read the caller's context (Sentry forks its scopes there):
+        # ``prepare(record)`` runs inline and its result, unless None, reaches
+        # ``deliver(record, prepared)`` on the worker. The others get every record by ``emit``.
+        self.preparers: tuple[Any, ...] = tuple(
+            s for s in self.deferred if callable(getattr(s, "prepare", None))
+        )
+        self.plain: tuple[Sink, ...] = tuple(s for s in self.deferred if s not in self.preparers)
         self._logged: set[str] = set()
         # The traces sink opens spans itself (they must exist during the call).
         from invariantkit.sinks._otel import OtelTraces
@@ -189,7 +199,7 @@ class Dispatcher:
         #: Violations outside any span get their span on the worker, not on the call path.
         self.spans_later = self.traces is not None and self.traces.defers_violation_spans
         self.worker: Worker | None = (
-            Worker(self._run_deferred, maxsize=queue_size, on_drop=self._worker_dropped)
+            Worker(self._run_deferred, maxsize=queue_size)
             if self.deferred or self.spans_later
             else None
         )
@@ -209,29 +219,57 @@ class Dispatcher:
             except Exception as exc:
                 self.sink_failed(sink, exc)
         worker = self.worker
-        if worker is not None:
-            if span_parent == NO_SPAN:
-                if self.deferred:
-                    worker.submit(record)
-            elif not worker.submit(_SpanLater(record, span_parent)) and self.traces is not None:
-                self.count_dropped(self.traces.name, 1)
+        if worker is None:
+            return
+        prepared = self._prepare(record) if self.preparers else None
+        if prepared is None and span_parent == NO_SPAN:
+            if self.plain and not worker.submit(record):
+                self._dropped(self.plain)
+            return
+        if not worker.submit(_Job(record, span_parent, prepared)):
+            lost = list(self.plain)
+            if span_parent != NO_SPAN and self.traces is not None:
+                lost.append(self.traces)
+            if prepared is not None:
+                lost += [s for s, p in zip(self.preparers, prepared, strict=True) if p is not None]
+            self._dropped(lost)
 
-    def _run_deferred(self, item: Record | _SpanLater) -> None:
-        if isinstance(item, _SpanLater):
+    def _prepare(self, record: Record) -> tuple[Any, ...] | None:
+        prepared = []
+        for sink in self.preparers:
+            try:
+                prepared.append(sink.prepare(record))
+            except Exception as exc:
+                prepared.append(None)
+                self.sink_failed(sink, exc)
+        return tuple(prepared) if any(p is not None for p in prepared) else None
+
+    def _run_deferred(self, item: Record | _Job) -> None:
+        prepared: tuple[Any, ...] | None = None
+        if isinstance(item, _Job):
             record = item.record
+            prepared = item.prepared
             traces = self.traces
-            if traces is not None:
+            if item.span_parent != NO_SPAN and traces is not None:
                 try:
-                    traces.violation_span(record, item.parent_span_id)
+                    traces.violation_span(record, item.span_parent)
                 except Exception as exc:
                     self.sink_failed(traces, exc)
         else:
             record = item
-        for sink in self.deferred:
+        for sink in self.plain:
             try:
                 sink.emit(record)
             except Exception as exc:
                 self.sink_failed(sink, exc)
+        if prepared is not None:
+            for sink, ready in zip(self.preparers, prepared, strict=True):
+                if ready is None:
+                    continue
+                try:
+                    sink.deliver(record, ready)
+                except Exception as exc:
+                    self.sink_failed(sink, exc)
 
     # -- failures -------------------------------------------------------------------------------
 
@@ -265,9 +303,10 @@ class Dispatcher:
         except Exception:
             pass
 
-    def _worker_dropped(self, count: int) -> None:
-        for sink in self.deferred:
-            self.count_dropped(sink.name, count)
+    def _dropped(self, sinks: Iterable[Any]) -> None:
+        """The worker's queue was full: count the record as lost for each sink it was for."""
+        for sink in sinks:
+            self.count_dropped(sink.name, 1)
 
     def _count(self, kind: str, name: str, count: int, exclude: Sink | None = None) -> None:
         record = Record(

@@ -248,11 +248,6 @@ class Signals:
         worker = self._dispatcher.worker
         if worker is not None:
             worker.flush(_SYNC_TIMEOUT)
-        # Sinks with a worker of their own (Sentry captures off the caller's thread).
-        for sink in self._dispatcher.sinks:
-            own = getattr(sink, "_worker", None)
-            if own is not None:
-                own.flush(_SYNC_TIMEOUT)
 
     def __repr__(self) -> str:
         # No flush here: a repr must not wait on workers (Sentry serialises frame locals with it).

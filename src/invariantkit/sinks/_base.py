@@ -31,8 +31,11 @@ class Sink(Protocol):
     - ``name``: short, stable, used as the ``sink`` label of
       ``invariantkit_sink_errors_total`` and ``invariantkit_sink_dropped_total``.
     - ``deferred``: False runs ``emit`` on the caller's thread before the decorated call returns
-      (spans, metrics, Sentry's own non-blocking capture); True hands records to invariantkit's
-      bounded background worker (log formatting, PostHog message building).
+      (spans, metrics); True hands records to invariantkit's bounded background worker (log
+      formatting, PostHog message building, Sentry's capture).
+    - optional, deferred sinks only: ``prepare(record)`` runs on the caller's thread and returns
+      what must be read there (the Sentry sink forks Sentry's scopes) or None to skip the
+      record; then ``deliver(record, prepared)`` runs on the worker instead of ``emit``.
     - ``emit(record)``: handle one record; may raise (the dispatcher isolates and counts it), must
       never block on the network.
     - ``flush(timeout)``: hand everything to the backend and wait at most ``timeout`` seconds;

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from invariantkit.sinks._base import SinkUnavailable
@@ -148,10 +147,11 @@ class Sentry:
     ``operation``/``invariant``, ``domain``, the user, and the trace context of the record.
 
     On the caller's thread the sink only forks Sentry's current and isolation scopes (a few
-    microseconds), so the event keeps the user's request, breadcrumbs and tags; building and
-    serialising the event (hundreds of microseconds, milliseconds at p99) happens on the sink's
-    own bounded worker, which :func:`invariantkit.flush` drains. Our own log lines are kept out of
-    Sentry's logging integration so no failure arrives twice.
+    microseconds, :meth:`prepare`), so the event keeps the user's request, breadcrumbs and tags;
+    building and serialising the event (hundreds of microseconds, milliseconds at p99) happens on
+    invariantkit's bounded background worker (:meth:`deliver`), which :func:`invariantkit.flush`
+    drains. Our own log lines are kept out of Sentry's logging integration so no failure arrives
+    twice.
 
     Args:
         client: a ``sentry_sdk.Client`` to send through; default: the client ``sentry_sdk.init``
@@ -163,7 +163,7 @@ class Sentry:
     """
 
     name: ClassVar[str] = "sentry"
-    deferred: ClassVar[bool] = False
+    deferred: ClassVar[bool] = True
     #: Pass ``transport_queue_size=Sentry.RECOMMENDED_TRANSPORT_QUEUE_SIZE`` to ``sentry_sdk.init``.
     RECOMMENDED_TRANSPORT_QUEUE_SIZE: ClassVar[int] = RECOMMENDED_TRANSPORT_QUEUE_SIZE
 
@@ -181,17 +181,9 @@ class Sentry:
                 "invariantkit.sinks.Sentry(client): expected a sentry_sdk.Client, got a "
                 f"{type(client).__name__}{hint}"
             )
-        from invariantkit._dispatch import DEFAULT_QUEUE_SIZE, Worker
-
         self._sdk = sentry_sdk
         self.client = client
         self._hooked: Any = None
-        self._worker = Worker(
-            self._deliver,
-            maxsize=DEFAULT_QUEUE_SIZE,
-            on_drop=self._dropped,
-            name="invariantkit-sentry",
-        )
         ignore_logger(LOGGER_NAME)
 
     # -- helpers --------------------------------------------------------------------------------
@@ -240,41 +232,39 @@ class Sentry:
 
     # -- records --------------------------------------------------------------------------------
 
-    def emit(self, record: Record) -> None:
+    def prepare(self, record: Record) -> tuple[Any, Any] | None:
+        """On the caller's thread: the forked isolation and current scopes for a record that
+        becomes a Sentry event or check-in, else None. invariantkit's dispatcher calls it, then
+        :meth:`deliver` on its worker."""
         kind = record.kind
         if kind == "operation":
             exc = record.exception
             if record.status != "failure" or not isinstance(exc, Exception):
-                return
+                return None
             if _already_reported(exc) or getattr(exc, _REPORTED, False):
-                return
+                return None
         elif kind == "constraint":
             if record.status != "missing":
-                return
+                return None
         elif kind not in ("violation", "db_error", "cron"):
-            return
+            return None
         # Keep what the caller's scopes know (request, breadcrumbs, tags); capture off the path.
         sdk = self._sdk
-        self._worker.submit(
-            (record, sdk.get_isolation_scope().fork(), sdk.get_current_scope().fork())
-        )
+        return sdk.get_isolation_scope().fork(), sdk.get_current_scope().fork()
 
-    def _deliver(self, item: tuple[Record, Any, Any]) -> None:
+    def deliver(self, record: Record, prepared: tuple[Any, Any]) -> None:
+        """On the worker: capture ``record`` inside the scopes :meth:`prepare` forked."""
         from sentry_sdk.scope import use_isolation_scope, use_scope
 
-        record, isolation, current = item
-        try:
-            with use_isolation_scope(isolation), use_scope(current):
-                self._capture_record(record)
-        except Exception as exc:
-            from invariantkit._config import sink_failed
+        isolation, current = prepared
+        with use_isolation_scope(isolation), use_scope(current):
+            self._capture_record(record)
 
-            sink_failed(self, exc)
-
-    def _dropped(self, count: int) -> None:
-        from invariantkit._config import count_dropped
-
-        count_dropped(self.name, count)
+    def emit(self, record: Record) -> None:
+        """Both steps at once, for a caller that is not invariantkit's dispatcher."""
+        prepared = self.prepare(record)
+        if prepared is not None:
+            self.deliver(record, prepared)
 
     def _capture_record(self, record: Record) -> None:
         kind = record.kind
@@ -352,21 +342,15 @@ class Sentry:
         return self.client if self.client is not None else self._sdk.get_client()
 
     def flush(self, timeout: float) -> bool:
-        deadline = time.monotonic() + max(timeout, 0.0)
-        drained = self._worker.flush(timeout)
+        # invariantkit's worker was drained before this is called; hand the events to Sentry.
         client = self._client()
         if client.is_active():
-            client.flush(timeout=max(deadline - time.monotonic(), 0.0))
-        return drained
+            client.flush(timeout=max(timeout, 0.0))
+        return True
 
     def shutdown(self, timeout: float) -> bool:
-        # The client belongs to the user: flush it, never close it; stop our own worker.
-        deadline = time.monotonic() + max(timeout, 0.0)
-        drained = self._worker.stop(timeout)
-        client = self._client()
-        if client.is_active():
-            client.flush(timeout=max(deadline - time.monotonic(), 0.0))
-        return drained
+        # The client belongs to the user: flush it, never close it.
+        return self.flush(timeout)
 
 
 def _safe_attributes(attributes: Any) -> dict[str, str]:
