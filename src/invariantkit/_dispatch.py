@@ -235,14 +235,20 @@ class Dispatcher:
             self._dropped(lost)
 
     def _prepare(self, record: Record) -> tuple[Any, ...] | None:
-        prepared = []
-        for sink in self.preparers:
+        """What the preparing sinks read on this thread, or None when none wants the record
+        (the success path: no allocation)."""
+        out: list[Any] | None = None
+        for i, sink in enumerate(self.preparers):
             try:
-                prepared.append(sink.prepare(record))
+                ready = sink.prepare(record)
             except Exception as exc:
-                prepared.append(None)
                 self.sink_failed(sink, exc)
-        return tuple(prepared) if any(p is not None for p in prepared) else None
+                continue
+            if ready is not None:
+                if out is None:
+                    out = [None] * len(self.preparers)
+                out[i] = ready
+        return tuple(out) if out is not None else None
 
     def _run_deferred(self, item: Record | _Job) -> None:
         prepared: tuple[Any, ...] | None = None
