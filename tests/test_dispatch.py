@@ -255,3 +255,22 @@ def test_a_full_queue_counts_each_record_for_the_sinks_it_was_for() -> None:
     release.set()
     dispatcher.shutdown(2)
     assert [r.name for r in plain.records] == ["first", "queued"]
+
+
+def test_a_raising_prepare_is_isolated_and_counted() -> None:
+    """A sink whose ``prepare`` raises on the caller's thread: the caller never sees it, the
+    failure is counted, and the other sinks still get the record."""
+    registry = CollectorRegistry()
+
+    class Broken(Preparing):
+        def prepare(self, record: ik.Record) -> str | None:
+            raise RuntimeError("cannot read the caller's context")
+
+    broken, plain = Broken("broken_prep"), Recording("plain", deferred=True)
+    dispatcher = Dispatcher([ik.sinks.PrometheusMetrics(registry), broken, plain])
+    dispatcher.emit(_record("violation", "A"))
+    assert dispatcher.flush(2)
+    assert [r.name for r in plain.records] == ["A"]
+    assert broken.records == []
+    assert _sample(registry, "invariantkit_sink_errors_total", sink="broken_prep") == 1
+    dispatcher.shutdown(2)
