@@ -37,6 +37,20 @@ CLEAN_ENV = {
 }
 
 
+def _run_cron(server: Any, db: Path, pushgateway: Any) -> subprocess.CompletedProcess[str]:
+    """renewal_cron.py against the example service, pushing to ``pushgateway``."""
+    return _run(
+        sys.executable,
+        "renewal_cron.py",
+        "--db",
+        str(db),
+        "--payments-url",
+        server.url,
+        "--pushgateway",
+        pushgateway.address,
+    )
+
+
 def _run(
     *args: str, cwd: Path = EXAMPLES, env: dict[str, str] | None = None, timeout: float = 180
 ) -> subprocess.CompletedProcess[str]:
@@ -100,16 +114,7 @@ def test_the_renewal_cron_script_pushes_its_run_to_a_pushgateway(
 ) -> None:
     """renewal_cron.py, a short-lived process: its gauges reach the Pushgateway after it exits."""
     server, db = service
-    proc = _run(
-        sys.executable,
-        "renewal_cron.py",
-        "--db",
-        str(db),
-        "--payments-url",
-        server.url,
-        "--pushgateway",
-        pushgateway.address,
-    )
+    proc = _run_cron(server, db, pushgateway)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"renewed": 1, "failed": 0}
     labels = {"job": "subscription_renewal"}
@@ -125,16 +130,7 @@ def test_the_renewal_cron_script_pushes_its_run_to_a_pushgateway(
 def test_a_failed_cron_run_is_pushed_as_failed(service: tuple[Any, Path], pushgateway: Any) -> None:
     server, db = service
     server.app.billing.processor.down = True
-    proc = _run(
-        sys.executable,
-        "renewal_cron.py",
-        "--db",
-        str(db),
-        "--payments-url",
-        server.url,
-        "--pushgateway",
-        pushgateway.address,
-    )
+    proc = _run_cron(server, db, pushgateway)
     assert proc.returncode == 1
     assert "provider_unavailable" in proc.stderr
     assert (
