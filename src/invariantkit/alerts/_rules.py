@@ -119,6 +119,49 @@ def _scoped(
     return c.selector(metric, matchers)
 
 
+def _rule(
+    s: RuleSettings,
+    *,
+    group: str,
+    alert: str,
+    expr: str,
+    severity: str,
+    team: str,
+    summary: str,
+    description: str,
+    kind: str,
+    playbook: str,
+    for_: str = "0m",
+    runbook_url: str | None = None,
+    sentry_query: str | None = None,
+    subject: Invariant | CronDecl | Constraint | None = None,
+    scope: tuple[str, tuple[str, ...]] = ("!~", ()),
+) -> AlertRule:
+    """One rule with the labels and annotations every rule carries: ``severity`` and ``team``;
+    ``summary``, ``description`` and ``runbook_url`` (``runbook_url`` if the declaration names
+    one, else the generated ``playbook`` the rule also records), and ``sentry_url`` for a
+    Sentry search."""
+    annotations = {
+        "summary": summary,
+        "description": description,
+        "runbook_url": s.links.runbook(runbook_url, playbook),
+    }
+    if sentry_query is not None:
+        annotations["sentry_url"] = s.links.sentry_search(sentry_query)
+    return AlertRule(
+        group=group,
+        alert=alert,
+        expr=expr,
+        for_=for_,
+        labels={"severity": severity, "team": team},
+        annotations=annotations,
+        kind=kind,
+        playbook=playbook,
+        subject=subject,
+        scope=scope,
+    )
+
+
 def _invariant_rule(inv: Invariant, s: RuleSettings) -> AlertRule:
     sel = c.selector(c.VIOLATIONS, [("invariant", "=", inv.name), ("test", "!=", "true")])
     what = inv.description or inv.summary
@@ -129,20 +172,19 @@ def _invariant_rule(inv: Invariant, s: RuleSettings) -> AlertRule:
         f"invariant:{inv.name}, not in metric labels: follow sentry_url."
     )
     playbook = c.invariant_playbook(inv)
-    return AlertRule(
+    return _rule(
+        s,
         group=GROUP_INVARIANTS,
         alert=f"{c.camel(inv.name)}Violated",
         expr=first_increase(sel, "invariant, type"),
-        for_="0m",
-        labels={"severity": inv.severity, "team": inv.team},
-        annotations={
-            "summary": c.template_text(inv.summary),
-            "description": description,
-            "runbook_url": s.links.runbook(inv.runbook_url, playbook),
-            "sentry_url": s.links.sentry_search(f"invariant:{inv.name}"),
-        },
+        severity=inv.severity,
+        team=inv.team,
+        summary=c.template_text(inv.summary),
+        description=description,
         kind="invariant",
         playbook=playbook,
+        runbook_url=inv.runbook_url,
+        sentry_query=f"invariant:{inv.name}",
         subject=inv,
     )
 
@@ -152,28 +194,25 @@ def _test_rules(invs: list[Invariant], s: RuleSettings) -> list[AlertRule]:
     for team, op, names in c.team_split(((i.name, i.team) for i in invs), s.default_team):
         sel = _scoped(c.VIOLATIONS, "invariant", op, tuple(names), ("test", "=", "true"))
         rules.append(
-            AlertRule(
+            _rule(
+                s,
                 group=GROUP_TEST,
                 alert=TEST_ALERT,
                 expr=first_increase(sel, "invariant, type"),
-                for_="0m",
-                labels={"severity": c.TEST_SEVERITY, "team": team},
-                annotations={
-                    "summary": (
-                        f"TEST alert (ignore): {c.label_ref('invariant')} reported in alert "
-                        "test mode"
-                    ),
-                    "description": (
-                        f"A synthetic violation of {c.label_ref('invariant')} labelled "
-                        f'test="true" (type {c.label_ref("type")}) went through Prometheus and '
-                        'Alertmanager: the alert path works. Route severity="test" to a test '
-                        "receiver: it must never page."
-                    ),
-                    "runbook_url": s.links.runbook(None, c.PLAYBOOK_TEST),
-                    "sentry_url": s.links.sentry_search("test:true"),
-                },
+                severity=c.TEST_SEVERITY,
+                team=team,
+                summary=(
+                    f"TEST alert (ignore): {c.label_ref('invariant')} reported in alert test mode"
+                ),
+                description=(
+                    f"A synthetic violation of {c.label_ref('invariant')} labelled "
+                    f'test="true" (type {c.label_ref("type")}) went through Prometheus and '
+                    'Alertmanager: the alert path works. Route severity="test" to a test '
+                    "receiver: it must never page."
+                ),
                 kind="test",
                 playbook=c.PLAYBOOK_TEST,
+                sentry_query="test:true",
                 scope=(op, tuple(names)),
             )
         )
@@ -188,21 +227,20 @@ def _retry_rules(catalog: Catalog, s: RuleSettings) -> list[AlertRule]:
     for team, op, names in c.team_split(((d.name, d.team) for d in decls), s.default_team):
         sel = _scoped(c.RETRIES, "operation", op, tuple(names))
         rules.append(
-            AlertRule(
+            _rule(
+                s,
                 group=GROUP_HEALTH,
                 alert=RETRIES_ALERT,
                 expr=(f"sum by (operation) (rate({sel}[{c.WINDOW}])) > {RETRY_RATE_THRESHOLD}\n"),
                 for_="5m",
-                labels={"severity": "warning", "team": team},
-                annotations={
-                    "summary": "High rate of idempotent payment retries",
-                    "description": (
-                        f"{c.label_ref('operation')} hit its unique constraint more than "
-                        f"{RETRY_RATE_THRESHOLD} times per second for 5 minutes. May indicate "
-                        "a cron job running too frequently or a retry storm."
-                    ),
-                    "runbook_url": s.links.runbook(None, c.PLAYBOOK_RETRIES),
-                },
+                severity="warning",
+                team=team,
+                summary="High rate of idempotent payment retries",
+                description=(
+                    f"{c.label_ref('operation')} hit its unique constraint more than "
+                    f"{RETRY_RATE_THRESHOLD} times per second for 5 minutes. May indicate "
+                    "a cron job running too frequently or a retry storm."
+                ),
                 kind="retries",
                 playbook=c.PLAYBOOK_RETRIES,
                 scope=(op, tuple(names)),
@@ -226,42 +264,40 @@ def _spike_rules(s: RuleSettings) -> list[AlertRule]:
     failures = c.RENEWAL_FAILURES
     canceled = c.selector(c.SUBSCRIPTION_EVENTS, [("event", "=", c.EVENT_CANCELED)])
     return [
-        AlertRule(
+        _rule(
+            s,
             group=GROUP_HEALTH,
             alert=RENEWAL_SPIKE_ALERT,
             expr=spike_expr(failures, s.spike_min_count),
             for_=SPIKE_FOR,
-            labels={"severity": "warning", "team": s.default_team},
-            annotations={
-                "summary": "Renewal failures above twice their daily average",
-                "description": (
-                    f"More than {SPIKE_FACTOR}x the daily average of the previous "
-                    f"{SPIKE_BASELINE_DAYS} days failed to renew in the last 24h (and at least "
-                    f"{s.spike_min_count}). Break it down by reason on the Billing Health "
-                    "Overview dashboard (billing_renewal_failures_total{reason}); the "
-                    "affected users are in PostHog (subscription_renewal_failed)."
-                ),
-                "runbook_url": s.links.runbook(None, c.PLAYBOOK_RENEWAL_SPIKE),
-            },
+            severity="warning",
+            team=s.default_team,
+            summary="Renewal failures above twice their daily average",
+            description=(
+                f"More than {SPIKE_FACTOR}x the daily average of the previous "
+                f"{SPIKE_BASELINE_DAYS} days failed to renew in the last 24h (and at least "
+                f"{s.spike_min_count}). Break it down by reason on the Billing Health "
+                "Overview dashboard (billing_renewal_failures_total{reason}); the "
+                "affected users are in PostHog (subscription_renewal_failed)."
+            ),
             kind="renewal_spike",
             playbook=c.PLAYBOOK_RENEWAL_SPIKE,
         ),
-        AlertRule(
+        _rule(
+            s,
             group=GROUP_HEALTH,
             alert=CANCELLATION_SPIKE_ALERT,
             expr=spike_expr(canceled, s.spike_min_count),
             for_=SPIKE_FOR,
-            labels={"severity": "warning", "team": s.default_team},
-            annotations={
-                "summary": "Cancellations above twice their daily average in 24h",
-                "description": (
-                    f"More than {SPIKE_FACTOR}x the daily average of the previous "
-                    f"{SPIKE_BASELINE_DAYS} days canceled in the last 24h (and at least "
-                    f"{s.spike_min_count}). Who and why: PostHog subscription_canceled "
-                    "(reason, periodsCompleted)."
-                ),
-                "runbook_url": s.links.runbook(None, c.PLAYBOOK_CANCELLATION_SPIKE),
-            },
+            severity="warning",
+            team=s.default_team,
+            summary="Cancellations above twice their daily average in 24h",
+            description=(
+                f"More than {SPIKE_FACTOR}x the daily average of the previous "
+                f"{SPIKE_BASELINE_DAYS} days canceled in the last 24h (and at least "
+                f"{s.spike_min_count}). Who and why: PostHog subscription_canceled "
+                "(reason, periodsCompleted)."
+            ),
             kind="cancellation_spike",
             playbook=c.PLAYBOOK_CANCELLATION_SPIKE,
         ),
@@ -272,7 +308,6 @@ def _cron_rules(decl: CronDecl, s: RuleSettings) -> list[AlertRule]:
     name = c.cron_name(decl)
     base = c.camel(name)
     playbook = c.cron_playbook(decl)
-    runbook = s.links.runbook(decl.runbook_url, playbook)
     ts = c.cron_metric(decl, "last_run_timestamp")
     status = c.cron_metric(decl, "last_status")
     took = c.cron_metric(decl, "duration_seconds")
@@ -281,7 +316,8 @@ def _cron_rules(decl: CronDecl, s: RuleSettings) -> list[AlertRule]:
     # on restart, and plain absent() would page until the next run although the job is fine.
     window = f"{int(after + min(after, 3600.0))}s"
     return [
-        AlertRule(
+        _rule(
+            s,
             group=GROUP_CRONS,
             alert=f"{base}CronMissing",
             expr=(
@@ -289,54 +325,51 @@ def _cron_rules(decl: CronDecl, s: RuleSettings) -> list[AlertRule]:
                 f"(time() - max(max_over_time({ts}[{window}]))) > {c.number(after)}\n"
             ),
             for_=c.duration(c.cron_missing_for(decl)),
-            labels={"severity": "warning", "team": decl.team},
-            annotations={
-                "summary": f"Cron job {name} hasn't run in {c.human(after)}+",
-                "description": (
-                    f"{name} is scheduled every {c.human(decl.every)}; its last run "
-                    f"({ts}) is older than {c.human(after)}, or it never reported (a cron "
-                    "process is short-lived: check its Pushgateway or textfile)."
-                ),
-                "runbook_url": runbook,
-            },
+            severity="warning",
+            team=decl.team,
+            summary=f"Cron job {name} hasn't run in {c.human(after)}+",
+            description=(
+                f"{name} is scheduled every {c.human(decl.every)}; its last run "
+                f"({ts}) is older than {c.human(after)}, or it never reported (a cron "
+                "process is short-lived: check its Pushgateway or textfile)."
+            ),
             kind="cron_missing",
             playbook=playbook,
+            runbook_url=decl.runbook_url,
             subject=decl,
         ),
-        AlertRule(
+        _rule(
+            s,
             group=GROUP_CRONS,
             alert=f"{base}CronFailed",
             expr=f"{status} != 1\n",
-            for_="0m",
-            labels={"severity": "critical", "team": decl.team},
-            annotations={
-                "summary": f"Cron job {name} failed",
-                "description": (
-                    f"The last run of {name} failed ({status} = 0). The exception is in "
-                    f"Sentry (cron.{name} span, Crons check-in with status error)."
-                ),
-                "runbook_url": runbook,
-            },
+            severity="critical",
+            team=decl.team,
+            summary=f"Cron job {name} failed",
+            description=(
+                f"The last run of {name} failed ({status} = 0). The exception is in "
+                f"Sentry (cron.{name} span, Crons check-in with status error)."
+            ),
             kind="cron_failed",
             playbook=playbook,
+            runbook_url=decl.runbook_url,
             subject=decl,
         ),
-        AlertRule(
+        _rule(
+            s,
             group=GROUP_CRONS,
             alert=f"{base}CronSlow",
             expr=f"{took} > {c.number(decl.max_runtime)}\n",
-            for_="0m",
-            labels={"severity": "warning", "team": decl.team},
-            annotations={
-                "summary": f"Cron job {name} took > {c.human(decl.max_runtime)}",
-                "description": (
-                    f"The last run of {name} took longer than its max_runtime of "
-                    f"{c.human(decl.max_runtime)} ({took})."
-                ),
-                "runbook_url": runbook,
-            },
+            severity="warning",
+            team=decl.team,
+            summary=f"Cron job {name} took > {c.human(decl.max_runtime)}",
+            description=(
+                f"The last run of {name} took longer than its max_runtime of "
+                f"{c.human(decl.max_runtime)} ({took})."
+            ),
             kind="cron_slow",
             playbook=playbook,
+            runbook_url=decl.runbook_url,
             subject=decl,
         ),
     ]
@@ -350,58 +383,54 @@ def _constraint_rule(decl: Constraint, s: RuleSettings) -> AlertRule:
         f"The database constraint {decl.name} that protects a billing guarantee is missing "
         "(verify_constraints set pg_constraint_exists to 0). Restore it immediately."
     )
-    return AlertRule(
+    return _rule(
+        s,
         group=GROUP_CONSTRAINTS,
         alert=f"{c.camel(decl.name, 'Constraint')}ConstraintMissing",
         expr=f"min by (constraint) ({sel}) != 1\n",
         for_="5m",
-        labels={"severity": decl.severity, "team": decl.team},
-        annotations={
-            "summary": c.template_text(decl.summary),
-            "description": c.template_text(description),
-            "runbook_url": s.links.runbook(decl.runbook_url, playbook),
-        },
+        severity=decl.severity,
+        team=decl.team,
+        summary=c.template_text(decl.summary),
+        description=c.template_text(description),
         kind="constraint",
         playbook=playbook,
+        runbook_url=decl.runbook_url,
         subject=decl,
     )
 
 
 def _sink_rules(s: RuleSettings) -> list[AlertRule]:
     return [
-        AlertRule(
+        _rule(
+            s,
             group=GROUP_SELF,
             alert=SINK_ERRORS_ALERT,
             expr=first_increase(c.SINK_ERRORS, "sink"),
-            for_="0m",
-            labels={"severity": "warning", "team": s.platform_team},
-            annotations={
-                "summary": f"invariantkit sink {c.label_ref('sink')} is failing",
-                "description": (
-                    f"The {c.label_ref('sink')} sink raised: the signals it should have sent "
-                    "(violations included) were lost for that backend. The first failure is "
-                    "logged by the invariantkit logger."
-                ),
-                "runbook_url": s.links.runbook(None, c.PLAYBOOK_SINKS),
-            },
+            severity="warning",
+            team=s.platform_team,
+            summary=f"invariantkit sink {c.label_ref('sink')} is failing",
+            description=(
+                f"The {c.label_ref('sink')} sink raised: the signals it should have sent "
+                "(violations included) were lost for that backend. The first failure is "
+                "logged by the invariantkit logger."
+            ),
             kind="sink_errors",
             playbook=c.PLAYBOOK_SINKS,
         ),
-        AlertRule(
+        _rule(
+            s,
             group=GROUP_SELF,
             alert=SINK_DROPPED_ALERT,
             expr=first_increase(c.SINK_DROPPED, "sink"),
-            for_="0m",
-            labels={"severity": "warning", "team": s.platform_team},
-            annotations={
-                "summary": f"invariantkit dropped signals for {c.label_ref('sink')}",
-                "description": (
-                    f"Signals for {c.label_ref('sink')} were dropped (a full queue or a failed "
-                    "delivery). Check the backend's health and its SDK queue sizes "
-                    "(invariantkit verify warns about queues that cannot hold a burst)."
-                ),
-                "runbook_url": s.links.runbook(None, c.PLAYBOOK_SINKS),
-            },
+            severity="warning",
+            team=s.platform_team,
+            summary=f"invariantkit dropped signals for {c.label_ref('sink')}",
+            description=(
+                f"Signals for {c.label_ref('sink')} were dropped (a full queue or a failed "
+                "delivery). Check the backend's health and its SDK queue sizes "
+                "(invariantkit verify warns about queues that cannot hold a burst)."
+            ),
             kind="sink_dropped",
             playbook=c.PLAYBOOK_SINKS,
         ),
