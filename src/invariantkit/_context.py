@@ -153,20 +153,24 @@ def _decode_user(value: str) -> str:
     return unquote(value) if "%" in value else value
 
 
+_SAMPLED = trace.TraceFlags(trace.TraceFlags.SAMPLED)
+
+
+def sampled_parent(
+    trace_id: int, span_id: int, ctx: otel_context.Context | None = None
+) -> otel_context.Context:
+    """``ctx`` with a sampled, non-recording span of these ids as the current span: the parent
+    of spans made in a correlation that has no live span (bound ids, a violation's own span)."""
+    parent = trace.NonRecordingSpan(trace.SpanContext(trace_id, span_id, False, _SAMPLED))
+    return trace.set_span_in_context(parent, ctx)
+
+
 def _current_context() -> otel_context.Context:
     ctx = otel_context.get_current()
     if not trace.get_current_span(ctx).get_span_context().is_valid:
         ids = CORRELATION.get()
         if ids is not None:
-            parent = trace.NonRecordingSpan(
-                trace.SpanContext(
-                    trace_id=ids[0],
-                    span_id=ids[1],
-                    is_remote=False,
-                    trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED),
-                )
-            )
-            ctx = trace.set_span_in_context(parent, ctx)
+            ctx = sampled_parent(ids[0], ids[1], ctx)
     user = USER.get()
     if user is not None:
         ctx = otel_baggage.set_baggage(BAGGAGE_USER_KEY, _encode_user(user), ctx)

@@ -14,7 +14,14 @@ from opentelemetry import trace
 
 from invariantkit._catalog import Declaration, Invariant, get_catalog
 from invariantkit._config import STATE, current_config, dispatcher
-from invariantkit._context import CORRELATION, USER, current_ids, new_span_id, new_trace_id
+from invariantkit._context import (
+    CORRELATION,
+    USER,
+    current_ids,
+    new_span_id,
+    new_trace_id,
+    sampled_parent,
+)
 from invariantkit._dispatch import NO_SPAN
 from invariantkit._record import Record
 from invariantkit._safe import safe_mapping, safe_str, safe_tags
@@ -130,15 +137,7 @@ def _violation_span(
     tracer: trace.Tracer, invariant: Invariant, bound: tuple[int, int] | None
 ) -> trace.Span:
     """The span of a violation outside any span, made on the caller's thread (non-SDK tracers)."""
-    parent = None
-    if bound is not None:
-        parent = trace.set_span_in_context(
-            trace.NonRecordingSpan(
-                trace.SpanContext(
-                    bound[0], bound[1], False, trace.TraceFlags(trace.TraceFlags.SAMPLED)
-                )
-            )
-        )
+    parent = sampled_parent(bound[0], bound[1]) if bound is not None else None
     attributes = {"invariant.name": invariant.name, "invariant.type": invariant.type}
     user = USER.get()
     if user is not None:
@@ -243,15 +242,14 @@ def _undeclared() -> Invariant:
         if get_catalog().invariants.get(undeclared.name) is not undeclared:
             get_catalog().add(undeclared)  # the catalog was reset (tests): declare it again
         return undeclared
-    if not _UNDECLARED:
-        _UNDECLARED.append(
-            Invariant(
-                "UNDECLARED_INVARIANT",
-                type="undeclared_invariant",
-                severity="error",
-                summary="A violation was reported with something that is not an ik.Invariant",
-            )
+    _UNDECLARED.append(
+        Invariant(
+            "UNDECLARED_INVARIANT",
+            type="undeclared_invariant",
+            severity="error",
+            summary="A violation was reported with something that is not an ik.Invariant",
         )
+    )
     return _UNDECLARED[0]
 
 

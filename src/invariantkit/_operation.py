@@ -87,7 +87,7 @@ class _Plan:
         self.refresh()
 
     def refresh(self) -> None:
-        config = self.config = STATE.config
+        config = STATE.config
         static: dict[str, Any] = {}
         if self.has_static:
             scrubber = config.scrubber if config is not None else Scrubber()
@@ -101,6 +101,8 @@ class _Plan:
         span_attributes.update(static)
         self.span_attributes = span_attributes
         self.attributes: Mapping[str, Any] = static or EMPTY
+        # Last: a call on another thread that sees this configuration sees its attributes too.
+        self.config = config
 
 
 class OperationRun:

@@ -10,6 +10,8 @@ from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Status, StatusCode
 
+from invariantkit._context import sampled_parent
+
 if TYPE_CHECKING:
     from invariantkit._record import Record
 
@@ -69,10 +71,7 @@ class OtelTraces:
         trace_id = int(record.trace_id, 16)
         context = Context()
         if parent_span_id is not None:
-            parent = trace.SpanContext(
-                trace_id, parent_span_id, False, trace.TraceFlags(trace.TraceFlags.SAMPLED)
-            )
-            context = trace.set_span_in_context(trace.NonRecordingSpan(parent), context)
+            context = sampled_parent(trace_id, parent_span_id, context)
         decl = record.declaration
         attributes: dict[str, Any] = {
             "invariant.name": record.name,
