@@ -297,7 +297,11 @@ class TestInjectExtract:
     def test_garbage_headers_start_a_fresh_unit_of_work(self, headers: dict[str, str]) -> None:
         """Invalid or missing context never raises; the callee gets its own id."""
         with ik.extract(headers):
-            assert HEX32.match(ik.correlation_id())
+            cid = ik.correlation_id()
+            assert HEX32.match(cid)
+            assert cid != "0" * 32
+            assert ik.correlation_id() != cid  # nothing bound: a fresh id each time
+            assert not trace.get_current_span().get_span_context().is_valid
             assert USER.get() is None
 
     def test_inject_outside_any_unit_of_work_writes_only_the_user(self) -> None:

@@ -354,8 +354,13 @@ class TestJsonLogs:
         assert line["team"] == "billing"
         assert line["tags"] == {"subscription_id": "sub_1"}
         assert line["extra"] == {"charges_today": 2}
+        # Alert test mode never relabels a real violation; a test alert is a warning, marked.
         with capture_signals(test_mode=True, extra_sinks=(ik.sinks.JsonLogs(logger),)):
             ik.report_violation(billing.NO_DOUBLE_CHARGE)
+            ik.fire_test_alert(billing.NO_DOUBLE_CHARGE)
+        real, test = lines(stream)[1:]
+        assert (real["level"], "test" in real) == ("critical", False)
+        assert (test["level"], test["test"]) == ("warning", True)
 
     def test_logger_level_filters_lines(
         self, json_stream: tuple[logging.Logger, io.StringIO]
