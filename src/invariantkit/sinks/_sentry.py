@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from invariantkit.sinks._base import SinkUnavailable
@@ -199,20 +201,24 @@ class Sentry:
         return kwargs
 
     def _hook(self) -> None:
-        client = self.client if self.client is not None else self._sdk.get_client()
+        client = self._client()
         transport = getattr(client, "transport", None)
         if transport is not None and transport is not self._hooked:
             self._hooked = transport
             _count_lost(transport)
 
-    def _capture(self, method: str, *args: Any, **kwargs: Any) -> None:
+    @contextlib.contextmanager
+    def _scope(self) -> Iterator[Any]:
+        """A fresh scope (a fork of the current one) that captures through our client: the one
+        passed in, else the one ``sentry_sdk.init`` made. Its transport's losses are counted."""
         self._hook()
-        sdk = self._sdk
-        if self.client is None:
-            getattr(sdk, method)(*args, **kwargs)
-            return
-        with sdk.new_scope() as scope:
-            scope.set_client(self.client)
+        with self._sdk.new_scope() as scope:
+            if self.client is not None:
+                scope.set_client(self.client)
+            yield scope
+
+    def _capture(self, method: str, *args: Any, **kwargs: Any) -> None:
+        with self._scope() as scope:
             getattr(scope, method)(*args, **kwargs)
 
     def _capture_exception(self, exc: BaseException, kwargs: dict[str, Any]) -> None:
@@ -222,11 +228,7 @@ class Sentry:
 
         if not first_report(exc):
             return  # nested operations (charge inside renewal inside the cron): one event
-        self._hook()
-        sdk = self._sdk
-        with sdk.new_scope() as scope:
-            if self.client is not None:
-                scope.set_client(self.client)
+        with self._scope() as scope:
             scope.add_event_processor(_exception_scrubber(active_scrubber()))
             scope.capture_exception(exc, **kwargs)
 
@@ -330,12 +332,7 @@ class Sentry:
     def _checkin(self, record: Record) -> None:
         from invariantkit.sinks._sentry_crons import capture_cron_checkin
 
-        self._hook()
-        if self.client is None:
-            capture_cron_checkin(record)
-            return
-        with self._sdk.new_scope() as scope:
-            scope.set_client(self.client)
+        with self._scope():
             capture_cron_checkin(record)
 
     def _client(self) -> Any:
@@ -354,7 +351,7 @@ class Sentry:
 
 
 def _safe_attributes(attributes: Any) -> dict[str, str]:
-    """Operation attributes as Sentry tags, scrubbed (static ones are declared, not scrubbed)."""
+    """Operation attributes as Sentry tags, made safe and scrubbed."""
     if not attributes:
         return {}
     from invariantkit._config import active_scrubber
