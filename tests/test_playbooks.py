@@ -166,3 +166,11 @@ def test_written_out_they_are_what_the_rules_point_at(tmp_path: Path) -> None:
 def test_deterministic() -> None:
     """Same declarations, same text (the CLI compares committed playbooks with them)."""
     assert playbooks(guide_catalog()) == playbooks(guide_catalog())
+
+
+def test_playbooks_name_the_teams_the_rules_were_generated_with() -> None:
+    """Given the teams passed to prometheus_rules(), the playbooks name the same owners."""
+    books = playbooks(with_guarantees(), default_team="money", platform_team="sre")
+    assert "(warning, team `money`)" in books["renewal-failure-spike.md"]
+    assert "(warning, team `sre`)" in books["invariantkit-sinks.md"]
+    assert "team `billing`" not in books["renewal-failure-spike.md"]

@@ -547,6 +547,9 @@ def playbooks(
     *,
     runbook_base_url: str | None = None,
     sentry_url: str | None = None,
+    default_team: str = c.DEFAULT_TEAM,
+    platform_team: str = c.PLATFORM_TEAM,
+    spike_min_count: int = 3,
 ) -> dict[str, str]:
     """Alert response playbooks as Markdown, by file name: one per invariant
     (``no-double-charge.md``), cron (``cron-<name>.md``) and constraint
@@ -556,7 +559,9 @@ def playbooks(
     Each follows the guide's structure (Immediate, Investigation, Mitigation, Follow-up); the
     guide's three invariants and renewal crons get the guide's own playbooks. They are a
     starting point: the rules' ``runbook_url`` points at them (under ``runbook_base_url``)
-    until an invariant declares its own ``runbook_url``.
+    until an invariant declares its own ``runbook_url``. Pass the same ``default_team``,
+    ``platform_team`` and ``spike_min_count`` as to :func:`prometheus_rules`, so the playbooks
+    name the teams and thresholds of the rules they answer.
 
     Example:
         >>> import invariantkit as ik
@@ -569,7 +574,13 @@ def playbooks(
         '# Playbook: Double Charge Detected'
     """
     cat = c.catalog_or_global(catalog)
-    settings = r.RuleSettings(links=c.Links.make(runbook_base_url, sentry_url))
+    settings = r.RuleSettings.make(
+        runbook_base_url=runbook_base_url,
+        sentry_url=sentry_url,
+        default_team=default_team,
+        platform_team=platform_team,
+        spike_min_count=spike_min_count,
+    )
     rules = r.build_rules(cat, settings)
     links = settings.links
     out: dict[str, str] = {}
