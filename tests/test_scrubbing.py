@@ -228,6 +228,38 @@ def test_scrubbed_values_keep_their_shape(value: tuple[str, str]) -> None:
     assert set(tags) == {"a", "b", "c"}
 
 
+class _Text(str):
+    """A str subclass: ``safe_tags`` reads it through its general path, not the str fast path."""
+
+
+_SCRUBBERS = [
+    Scrubber(),
+    Scrubber(deny_keys=frozenset({"note"}), allow_keys=frozenset({"card_note"})),
+    Scrubber(patterns=[r"EMP\d+"]),
+]
+
+
+@given(
+    key=st.one_of(st.sampled_from(["note", "card_note", "password", "subscription_id"]), st.text()),
+    value=st.one_of(
+        in_text().map(lambda pair: pair[1]),
+        st.text(),
+        st.text(string.digits + " -", min_size=180, max_size=760),
+        st.text(min_size=700, max_size=760),
+    ),
+    which=st.integers(0, len(_SCRUBBERS) - 1),
+)
+@settings(max_examples=300, deadline=None)
+def test_str_tags_fast_path_equals_the_general_path(key: str, value: str, which: int) -> None:
+    """Plain str tags take a shortcut in ``safe_tags``; it gives what the general path gives
+    (same key, same scrubbing, same cut at 200), for any text up to and past its length limits."""
+    scrubber = _SCRUBBERS[which]
+    fast = safe_tags({key: value}, scrubber)
+    general = safe_tags({_Text(key): _Text(value)}, scrubber)
+    assert fast == general
+    assert all(type(v) is str and len(v) <= 200 for v in fast.values())
+
+
 @given(card=card_numbers())
 @settings(max_examples=100, deadline=None)
 def test_card_numbers_as_integers_are_redacted(card: str) -> None:

@@ -440,9 +440,31 @@ def safe_tags(tags: Mapping[Any, Any] | None, scrubber: Scrubber) -> dict[str, s
         items = list(tags.items())
     except BaseException:
         return {"invariantkit.error": "tags could not be read"}
-    for raw_key, raw_value in items[:ITEMS_LIMIT]:
+    if len(items) > ITEMS_LIMIT:
+        del items[ITEMS_LIMIT:]
+    for raw_key, raw_value in items:
         try:
-            key, verdict = scrubber.tag_key(safe_str(raw_key, KEY_LIMIT + _SCRUB_MARGIN))
+            if (
+                type(raw_value) is str
+                and type(raw_key) is str
+                and len(raw_value) <= _FAST_VALUE
+                and len(raw_key) <= _KEY_WINDOW
+            ):
+                # The common case, a str under a str key, short enough that the general path
+                # below would not cut either before scrubbing: the same, without conversions.
+                key, verdict = scrubber.tag_key(raw_key)
+                if verdict == KEY_SCRUBBED:
+                    try:
+                        text = scrubber.scrub_text(raw_value)
+                    except BaseException:
+                        text = "<unreportable>"
+                elif verdict == KEY_DENIED:
+                    text = REDACTED
+                else:
+                    text = raw_value
+                out[key] = text if len(text) <= TAG_VALUE_LIMIT else _cut(text)
+                continue
+            key, verdict = scrubber.tag_key(safe_str(raw_key, _KEY_WINDOW))
             if verdict == KEY_ALLOWED:
                 out[key] = safe_str(_scalar_text(raw_value), TAG_VALUE_LIMIT)
             elif verdict == KEY_DENIED:
@@ -457,6 +479,16 @@ def safe_tags(tags: Mapping[Any, Any] | None, scrubber: Scrubber) -> dict[str, s
         except BaseException:
             out["invariantkit.error"] = "a tag could not be read"
     return out
+
+
+#: ``safe_tags``: keys and str values are read up to these lengths (the values scrubbed on a
+#: window longer than what is kept, so that nothing is cut in the middle of a secret).
+_KEY_WINDOW = KEY_LIMIT + _SCRUB_MARGIN
+_FAST_VALUE = TAG_VALUE_LIMIT + _SCRUB_MARGIN
+
+
+def _cut(text: str) -> str:
+    return text[: TAG_VALUE_LIMIT - 1] + "…"
 
 
 def _scalar_text(value: object) -> str:
