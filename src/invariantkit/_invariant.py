@@ -14,21 +14,17 @@ from opentelemetry import trace
 
 from invariantkit._catalog import Declaration, Invariant, get_catalog
 from invariantkit._config import STATE, current_config, dispatcher
-from invariantkit._context import (
-    CORRELATION,
-    USER,
-    current_ids,
-    new_span_id,
-    new_trace_id,
-    sampled_parent,
-)
+from invariantkit._context import CORRELATION, USER, new_span_id, new_trace_id, sampled_parent
 from invariantkit._dispatch import NO_SPAN
-from invariantkit._record import Record
+from invariantkit._record import EMPTY, Record
 from invariantkit._safe import safe_mapping, safe_str, safe_tags
 
 __all__ = ["InvariantViolation", "assert_invariant", "fire_test_alert", "report_violation"]
 
 logger = logging.getLogger("invariantkit")
+
+_get_current_span = trace.get_current_span
+_tuple_new = tuple.__new__
 
 
 class InvariantViolation(Exception):
@@ -77,19 +73,21 @@ def emit_violation(
 ) -> str:
     """Report one violation to every sink; return its trace id. Never raises."""
     d = STATE.dispatcher or dispatcher()
-    config = current_config()
-    scrubber = config.scrubber
-    safe = safe_tags(tags, scrubber) if tags is not None else {}
-    safe_extra = safe_mapping(extra, scrubber) if extra is not None else {}
+    scrubber = (STATE.config or current_config()).scrubber
+    safe = safe_tags(tags, scrubber) if tags is not None else EMPTY
+    safe_extra = safe_mapping(extra, scrubber) if extra is not None else EMPTY
     span: trace.Span | None = None
     otel_token = corr_token = None
     span_parent: int | None = NO_SPAN
-    ids: tuple[int, int] | None = None
+    # What current_ids() returns, with one lookup of the current span for both questions.
+    current = _get_current_span()
+    context = current.get_span_context()
+    bound = (context.trace_id, context.span_id) if context.is_valid else CORRELATION.get()
+    ids: tuple[int, int] | None = bound
     traces = d.traces
-    if traces is not None and not trace.get_current_span().is_recording():
+    if traces is not None and not current.is_recording():
         # No span to put the event on: the violation gets a span of its own, in the trace of
         # the bound correlation if any.
-        bound = current_ids()
         if d.spans_later:
             # Its ids are chosen here; the span itself is made on the worker.
             ids = (bound[0] if bound is not None else new_trace_id(), new_span_id())
@@ -98,28 +96,32 @@ def emit_violation(
         else:
             span = _violation_span(traces.tracer, invariant, bound)
             otel_token = otel_context.attach(trace.set_span_in_context(span))
+            context = span.get_span_context()
+            ids = (context.trace_id, context.span_id)
     if ids is None:
-        ids = current_ids()
-        if ids is None:
-            ids = (new_trace_id(), new_span_id())
-            corr_token = CORRELATION.set(ids)
+        ids = (new_trace_id(), new_span_id())
+        corr_token = CORRELATION.set(ids)
     trace_id = format(ids[0], "032x")
     try:
+        # tuple.__new__ directly: the NamedTuple's generated __new__ costs a Python call.
         d.emit(
-            Record(
-                "violation",
-                invariant.name,
-                "violated",
-                trace_id,
-                format(ids[1], "016x"),
-                USER.get(),
-                time.time(),
-                None,
-                safe,
-                safe_extra,
-                None,
-                invariant,
-                test,
+            _tuple_new(
+                Record,
+                (
+                    "violation",
+                    invariant.name,
+                    "violated",
+                    trace_id,
+                    format(ids[1], "016x"),
+                    USER.get(),
+                    time.time(),
+                    None,
+                    safe,
+                    safe_extra,
+                    None,
+                    invariant,
+                    test,
+                ),
             ),
             span_parent,
         )
