@@ -63,6 +63,7 @@ class Worker:
         self._name = name
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._running = False  # True from _start() until _run() returns
         self._lock = threading.Lock()
         self._drops = 0  # since the last flush: a flush that lost items does not report success
         _WORKERS.add(self)
@@ -74,37 +75,45 @@ class Worker:
                 self._on_drop(1)
             return False
         self._queue.put(item)
-        thread = self._thread
-        if thread is None or not thread.is_alive():  # first use, after stop(), after fork()
+        if not self._running:  # first use, after stop(), after fork()
             self._start()
         return True
 
     def _start(self) -> None:
         with self._lock:
-            thread = self._thread
-            if thread is None or not thread.is_alive():
+            if not self._running:
                 thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-                thread.start()
+                self._running = True
+                try:
+                    thread.start()
+                except BaseException:
+                    self._running = False
+                    raise
                 self._thread = thread
 
     def _run(self) -> None:
         get = self._queue.get
         handler = self._handler
-        while True:
-            item = get()
-            if item is _STOP:
-                return
-            if isinstance(item, _Marker):
-                item.event.set()
-                continue
-            try:
-                handler(item)
-            except Exception:  # the handler isolates sinks; this is a last resort
-                logger.exception("invariantkit: background worker handler failed")
-            # Hand the GIL back between items: work here is pure Python (serialising a Sentry
-            # event takes ~1 ms), and a caller waiting for the GIL would otherwise wait for
-            # CPython's 5 ms switch interval. This bounds that wait by one item's work.
-            _sleep(0)
+        try:
+            while True:
+                item = get()
+                if item is _STOP:
+                    return
+                if isinstance(item, _Marker):
+                    item.event.set()
+                    continue
+                try:
+                    handler(item)
+                except Exception:  # the handler isolates sinks; this is a last resort
+                    logger.exception("invariantkit: background worker handler failed")
+                # Hand the GIL back between items: work here is pure Python (serialising a
+                # Sentry event takes ~1 ms), and a caller waiting for the GIL would otherwise
+                # wait for CPython's 5 ms switch interval. This bounds that wait by one item.
+                _sleep(0)
+        finally:
+            # Cleared before the thread ends: the next submit starts a new one. (A flag, not
+            # Thread.is_alive(), which costs the call path a lock and a few calls per record.)
+            self._running = False
 
     def flush(self, timeout: float) -> bool:
         """Wait until everything submitted before this call was handled (at most ``timeout`` s).
@@ -113,10 +122,9 @@ class Worker:
         the previous flush: "handed over" must mean all of it.
         """
         dropped, self._drops = self._drops, 0
-        thread = self._thread
-        if thread is None or not thread.is_alive():
+        if not self._running:
             return self._queue.empty() and not dropped
-        if threading.current_thread() is thread:
+        if threading.current_thread() is self._thread:
             # Called from a handler (an SDK serialising a local variable whose repr flushes):
             # waiting for ourselves would only burn the timeout.
             return False
@@ -133,13 +141,13 @@ class Worker:
         deadline = time.monotonic() + max(timeout, 0.0)
         drained = self.flush(timeout)
         thread = self._thread
-        if thread is not None and thread.is_alive():
+        if thread is not None and self._running:
             self._queue.put(_STOP)
             if drained:
                 thread.join(_left(deadline))
         # A sink reused by a later configure() gets a new thread on its next submit; anything
         # submitted while this one was stopping is not lost: it starts that thread now.
-        if not self._queue.empty() and (thread is None or not thread.is_alive()):
+        if not self._queue.empty() and not self._running:
             self._start()
         return drained
 
@@ -147,6 +155,7 @@ class Worker:
         # The parent's thread does not exist here; its queue may hold half-handled state.
         self._queue = queue.SimpleQueue()
         self._thread = None
+        self._running = False
         self._lock = threading.Lock()
 
 
