@@ -274,3 +274,51 @@ def test_a_raising_prepare_is_isolated_and_counted() -> None:
     assert broken.records == []
     assert _sample(registry, "invariantkit_sink_errors_total", sink="broken_prep") == 1
     dispatcher.shutdown(2)
+
+
+class Starts(Recording):
+    """A sink that asks for operation starts while ``want`` is set (or raises when asked)."""
+
+    def __init__(self, name: str, *, want: bool = True, broken: bool = False) -> None:
+        super().__init__(name)
+        self.want = want
+        self.broken = broken
+
+    def wants_starts(self) -> bool:
+        if self.broken:
+            raise RuntimeError("cannot tell")
+        return self.want
+
+
+def _operations(sink: Recording) -> list[str]:
+    return [r.kind for r in sink.records if r.kind.startswith("operation")]
+
+
+def test_operation_starts_go_out_when_a_sink_wants_them() -> None:
+    """``wants_starts()`` is the one way a sink asks for ``operation_start`` records: any sink
+    may (not only one named "json_logs"), it is asked at each operation, and a sink that merely
+    shares the JSON sink's name, or whose answer raises, never costs the operation its signals."""
+    registry = CollectorRegistry()
+    starts = Starts("starts", want=False)
+    namesake = Recording("json_logs")  # no logger, no wants_starts: an ordinary sink
+    broken = Starts("broken_starts", broken=True)
+    ik.configure(sinks=[ik.sinks.PrometheusMetrics(registry), starts, namesake, broken])
+    try:
+        op = ik.operation("start_wanted")(lambda: 7)
+        assert op() == 7
+        assert _operations(starts) == ["operation"]
+        starts.want = True
+        assert op() == 7
+        kinds = ["operation", "operation_start", "operation"]
+        assert _operations(starts) == kinds
+        assert _operations(namesake) == kinds
+        # Asked at the first call only: at the second, the sink before it already said yes.
+        assert _sample(registry, "invariantkit_sink_errors_total", sink="broken_starts") == 1
+        assert (
+            _sample(
+                registry, "billing_operation_total", operation="start_wanted", outcome="success"
+            )
+            == 2
+        )
+    finally:
+        ik.shutdown(2)

@@ -212,7 +212,10 @@ class Dispatcher:
             if self.deferred or self.spans_later
             else None
         )
-        self.log_sinks: tuple[Any, ...] = tuple(s for s in self.sinks if s.name == "json_logs")
+        #: Sinks that may want ``operation_start`` records (``wants_starts()``: JSON logs at DEBUG).
+        self.start_sinks: tuple[Any, ...] = tuple(
+            s for s in self.sinks if callable(getattr(s, "wants_starts", None))
+        )
         self._guard = threading.Lock()
         # Per sink: the flush or shutdown call still running in its helper thread (pid, done).
         self._inflight: dict[int, tuple[int, threading.Event]] = {}
@@ -242,6 +245,16 @@ class Dispatcher:
             if prepared is not None:
                 lost += [s for s, p in zip(self.preparers, prepared, strict=True) if p is not None]
             self._dropped(lost)
+
+    def starts_wanted(self) -> bool:
+        """True when a sink wants the ``operation_start`` record of the operation beginning now."""
+        for sink in self.start_sinks:
+            try:
+                if sink.wants_starts():
+                    return True
+            except Exception as exc:
+                self.sink_failed(sink, exc)
+        return False
 
     def _prepare(self, record: Record) -> tuple[Any, ...] | None:
         """What the preparing sinks read on this thread, or None when none wants the record

@@ -42,7 +42,6 @@ _attach = otel_context.attach
 _detach = otel_context.detach
 _set_span_in_context = trace.set_span_in_context
 _tuple_new = tuple.__new__
-_DEBUG = logging.DEBUG
 _STATE = STATE
 _internal_errors_logged: set[str] = set()
 
@@ -160,11 +159,8 @@ class OperationRun:
             # Bound even when nested, so generator steps can restore exactly this run's ids.
             self._corr_token = CORRELATION.set(ids)
             self.trace_id, self.span_id = ids
-        if d.log_sinks:
-            for sink in d.log_sinks:
-                if sink.logger.isEnabledFor(_DEBUG):
-                    d.emit(self._record("operation_start", "started", None, None))
-                    break
+        if d.start_sinks and d.starts_wanted():
+            d.emit(self._record("operation_start", "started", None, None))
         self._start = _perf_counter()
 
     @property

@@ -36,6 +36,10 @@ class Sink(Protocol):
     - optional, deferred sinks only: ``prepare(record)`` runs on the caller's thread and returns
       what must be read there (the Sentry sink forks Sentry's scopes) or None to skip the
       record; then ``deliver(record, prepared)`` runs on the worker instead of ``emit``.
+    - optional: ``wants_starts()``: True when the sink wants an ``operation_start`` record as
+      each operation begins (asked on the caller's thread, so keep it to a flag or a level
+      check; the JSON logs sink says yes when its logger is at DEBUG). Start records are made,
+      and sent to every sink, only when some sink says yes.
     - ``emit(record)``: handle one record; may raise (the dispatcher isolates and counts it), must
       never block on the network.
     - ``flush(timeout)``: hand everything to the backend and wait at most ``timeout`` seconds;

@@ -158,6 +158,10 @@ class JsonLogs:
                 f"logging.Logger, not {type(logger).__name__}"
             )
 
+    def wants_starts(self) -> bool:
+        """Operation starts are logged at DEBUG: only worth a record when that level is on."""
+        return self.logger.isEnabledFor(logging.DEBUG)
+
     def emit(self, record: Record) -> None:
         level, event = _level_and_event(record)
         if not event or not self.logger.isEnabledFor(level):
