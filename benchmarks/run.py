@@ -289,6 +289,78 @@ def us(seconds: float) -> str:
     return f"{seconds * 1e6:.2f} µs"
 
 
+# ---------------------------------------------------------------------------- delivery under load
+
+
+class _Arrivals:
+    """A deferred sink that notes how long each violation took to reach the worker's sinks."""
+
+    name = "arrivals"
+    deferred = True
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    def emit(self, record: ik.Record) -> None:
+        if record.kind == "violation":
+            self.delays.append(time.time() - record.timestamp)
+
+    def flush(self, timeout: float) -> bool:
+        return True
+
+    def shutdown(self, timeout: float) -> bool:
+        return True
+
+
+def delivery(seconds: float) -> None:
+    """Three CPU-bound threads in the process; violations at a steady 400/s from the main thread
+    reach the deferred sinks (JSON logs, then a sink that notes the delay) within a second."""
+    arrivals = _Arrivals()
+    setup = make_setup([ik.sinks.JsonLogs(json_logger("bench.delivery")), arrivals])
+    setup.activate()
+    invariant = ik.Invariant("BENCH_DELIVERY", type="bench_delivery", summary="bench")
+    stop = threading.Event()
+
+    def spin() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+
+    spinners = [threading.Thread(target=spin, daemon=True) for _ in range(3)]
+    for t in spinners:
+        t.start()
+    sent = 0
+    try:
+        start = time.monotonic()
+        while time.monotonic() - start < seconds:
+            due = int((time.monotonic() - start) * 400)
+            while sent < due:
+                ik.assert_invariant(False, invariant, tags={"seq": str(sent)})
+                sent += 1
+            time.sleep(0.002)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in spinners:
+            t.join(5)
+        setup.dispatcher.shutdown(5.0)
+        STATE.dispatcher = STATE.config = None
+    in_time = sum(1 for d in arrivals.delays if d <= 1.0)
+    share = in_time / sent if sent else 0.0
+    RESULTS["delivery"] = {"sent": sent, "in_time": in_time, "share": round(share, 4)}
+    ROWS.append(
+        Row(
+            "3 CPU-bound threads: violations (400/s) at the sinks within 1 s",
+            f"{in_time} of {sent}",
+            "",
+            f"{share:.1%}",
+            ">= 90%",
+            share >= 0.9,
+            share,
+        )
+    )
+
+
 # ---------------------------------------------------------------------------------- success path
 
 
@@ -1532,14 +1604,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="print a cProfile of the path")
     parser.add_argument(
         "--only",
-        choices=["success", "assert", "violation", "concurrency", "memory", "multiprocess"],
+        choices=[
+            "success",
+            "assert",
+            "violation",
+            "delivery",
+            "concurrency",
+            "memory",
+            "multiprocess",
+        ],
         action="append",
         help="run only these parts (repeatable)",
     )
     args = parser.parse_args(argv)
     quick = args.quick
     parts = set(
-        args.only or ["success", "assert", "violation", "concurrency", "memory", "multiprocess"]
+        args.only
+        or ["success", "assert", "violation", "delivery", "concurrency", "memory", "multiprocess"]
     )
     info = machine()
     RESULTS["machine"] = info
@@ -1559,6 +1640,9 @@ def main(argv: list[str] | None = None) -> int:
     if "violation" in parts:
         console.print("violation path with backends down ...")
         violation_path(400 if quick else 3000)
+    if "delivery" in parts:
+        console.print("delivery beside CPU-bound threads ...")
+        delivery(3.0 if quick else 10.0)
     if "concurrency" in parts:
         console.print("threads and tasks ...")
         concurrency(8_000 if quick else 40_000)

@@ -120,10 +120,12 @@ def test_worker_flush_waits_for_earlier_items_only_within_its_timeout() -> None:
     (in time) when a handler is stuck; ``stop`` is bounded too, and drops are counted."""
     handled: list[int] = []
     gate = threading.Event()
+    entered = threading.Event()
     dropped: list[int] = []
 
     def handler(item: int) -> None:
         if item == 99:
+            entered.set()
             gate.wait(10)
         handled.append(item)
 
@@ -133,6 +135,7 @@ def test_worker_flush_waits_for_earlier_items_only_within_its_timeout() -> None:
     assert worker.flush(2.0) is True
     assert handled == [0, 1, 2]
     worker.submit(99)
+    assert entered.wait(5)  # the worker holds the stuck item before the flush queues its marker
     start = time.monotonic()
     assert worker.flush(0.3) is False
     assert time.monotonic() - start < 2.0  # bounded (a stuck handler would be forever)
@@ -322,3 +325,65 @@ def test_operation_starts_go_out_when_a_sink_wants_them() -> None:
         )
     finally:
         ik.shutdown(2)
+
+
+class Arrivals:
+    """A deferred sink that notes how long each violation took to reach it."""
+
+    name = "arrivals"
+    deferred = True
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    def emit(self, record: ik.Record) -> None:
+        if record.kind == "violation":
+            self.delays.append(time.time() - record.timestamp)
+
+    def flush(self, timeout: float) -> bool:
+        return True
+
+    def shutdown(self, timeout: float) -> bool:
+        return True
+
+
+def test_violations_reach_deferred_sinks_promptly_beside_cpu_bound_threads() -> None:
+    """With three CPU-bound threads in the process, violations at 400/s reach a deferred sink
+    (beside the real JSON log sink) within a second: the worker yields the GIL once per batch,
+    not once per record (which delivered about 12% in time). The bar (90%) is the benchmark's;
+    this test only proves the order of magnitude, with margins for a busy machine."""
+    arrivals = Arrivals()
+    log = logging.getLogger("test.dispatch.arrivals")
+    log.propagate = False
+    log.addHandler(logging.NullHandler())
+    log.setLevel(logging.INFO)
+    ik.configure(sinks=[ik.sinks.JsonLogs(log), arrivals])
+    invariant = ik.Invariant("ARRIVALS_PROMPT", type="arrivals_prompt", summary="x")
+    stop = threading.Event()
+
+    def spin() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+
+    spinners = [threading.Thread(target=spin, daemon=True) for _ in range(3)]
+    for t in spinners:
+        t.start()
+    try:
+        sent = 0
+        start = time.monotonic()
+        while time.monotonic() - start < 2.0:
+            due = int((time.monotonic() - start) * 400)
+            while sent < due:
+                ik.assert_invariant(False, invariant, tags={"seq": str(sent)})
+                sent += 1
+            time.sleep(0.002)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for t in spinners:
+            t.join(5)
+        ik.shutdown(timeout=2)
+    in_time = sum(1 for d in arrivals.delays if d <= 1.0)
+    assert sent >= 400
+    assert in_time >= 0.6 * sent, (in_time, sent)
