@@ -389,9 +389,11 @@ class TestReconfiguration:
         configured sink, so the first error after a start is an increase an alert sees."""
         registry = CollectorRegistry()
         ik.configure(sinks=[ik.sinks.PrometheusMetrics(registry), ik.sinks.JsonLogs()])
-        for family in ("invariantkit_sink_errors_total", "invariantkit_sink_dropped_total"):
-            for sink in ("prometheus", "json_logs"):
-                assert registry.get_sample_value(family, {"sink": sink}) == 0
+        for sink in ("prometheus", "json_logs"):
+            assert registry.get_sample_value("invariantkit_sink_errors_total", {"sink": sink}) == 0
+            for reason in ("queue_full", "shutdown", "sdk_queue_full", "error", "sampled"):
+                labels = {"sink": sink, "reason": reason}
+                assert registry.get_sample_value("invariantkit_sink_dropped_total", labels) == 0
 
     def test_old_sinks_stop_receiving(self, configured: Any) -> None:
         """After reconfiguring, signals go to the new sinks only."""
@@ -402,16 +404,35 @@ class TestReconfiguration:
         ik.assert_invariant(False, billing.NO_DOUBLE_CHARGE)
         assert (len(old.records), len(new.records)) == (1, 1)
 
-    def test_shutdown_leaves_invariantkit_unconfigured(self, configured: Any) -> None:
-        """Draining the background worker at shutdown never configures again behind the
-        caller's back; the next use does."""
-        ik.configure(sinks=[ik.sinks.JsonLogs(), ik.sinks.Memory()])
+    def test_after_shutdown_nothing_is_sent_until_configure(
+        self, configured: Any, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """After shutdown() and before the next configure(): business code runs unchanged,
+        nothing reaches any sink (not even auto-detected defaults), every dropped signal is
+        counted in ik.stats() with reason "shutdown", and one warning line says so."""
+        memory = ik.sinks.Memory()
+        ik.configure(sinks=[ik.sinks.JsonLogs(), memory])
         ik.assert_invariant(False, billing.NO_DOUBLE_CHARGE)
         assert ik.shutdown(2.0)
-        assert STATE.dispatcher is None
-        assert STATE.config is None
+        seen = len(memory.records)
+        before = ik.stats().dropped.get(("memory", "shutdown"), 0)
+
+        @ik.billing_operation("after_shutdown")
+        def charge(amount: int) -> int:
+            return amount * 2
+
+        with caplog.at_level(logging.WARNING, logger="invariantkit"):
+            assert ik.assert_invariant(False, billing.NO_DOUBLE_CHARGE) is False
+            assert charge(21) == 42
+            ik.track("after_shutdown")
+        assert len(memory.records) == seen
+        assert not STATE.config.sinks  # no auto-detected default was configured
+        assert ik.stats().dropped.get(("memory", "shutdown"), 0) - before == 3
+        warnings = [r for r in caplog.records if "after ik.shutdown()" in r.getMessage()]
+        assert len(warnings) == 1
+        ik.configure(sinks=[memory])
         ik.assert_invariant(False, billing.NO_DOUBLE_CHARGE)
-        assert STATE.dispatcher is not None
+        assert memory.records[-1].kind == "violation"
 
     def test_flush_and_shutdown_without_configuration(self) -> None:
         """Both are no-ops returning True when nothing is configured."""

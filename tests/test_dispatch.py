@@ -387,3 +387,81 @@ def test_violations_reach_deferred_sinks_promptly_beside_cpu_bound_threads() -> 
     in_time = sum(1 for d in arrivals.delays if d <= 1.0)
     assert sent >= 400
     assert in_time >= 0.6 * sent, (in_time, sent)
+
+
+class Stuck:
+    """A deferred sink whose backend hangs on the first record until released."""
+
+    name = "stuck"
+    deferred = True
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.got = 0
+
+    def emit(self, record: ik.Record) -> None:
+        if record.kind != "violation":
+            return
+        self.entered.set()
+        self.release.wait(10)
+        self.got += 1
+
+    def flush(self, timeout: float) -> bool:
+        return True
+
+    def shutdown(self, timeout: float) -> bool:
+        return True
+
+
+def test_what_shutdown_could_not_deliver_in_its_bound_is_counted_not_sent_late() -> None:
+    """``ik.shutdown(timeout)`` with a hanging backend: every record either reached the sink
+    before the bound or is counted as dropped with reason "shutdown", also those the worker
+    held when the bound passed (they are not delivered behind the caller's back)."""
+    sink = Stuck()
+    ik.configure(sinks=[sink])
+    invariant = ik.Invariant("SHUTDOWN_BOUND", type="shutdown_bound", summary="x")
+    before = ik.stats().dropped.get(("stuck", "shutdown"), 0)
+    ik.assert_invariant(False, invariant)
+    assert sink.entered.wait(5)
+    for _ in range(99):
+        ik.assert_invariant(False, invariant)
+    start = time.monotonic()
+    assert ik.shutdown(timeout=0.3) is False
+    assert time.monotonic() - start < 2.0
+    sink.release.set()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        counted = ik.stats().dropped.get(("stuck", "shutdown"), 0) - before
+        if sink.got + counted >= 100:
+            break
+        time.sleep(0.02)
+    assert sink.got == 1
+    assert counted == 99
+
+
+def test_drops_are_visible_without_a_metrics_sink_and_named_once_a_minute(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no metrics sink, ``ik.stats()`` still has every drop, by sink and reason; a
+    warning line names them, at most once a minute."""
+    from invariantkit import _dispatch
+
+    clock = [1000.0]
+    monkeypatch.setattr(_dispatch, "_clock", lambda: clock[0])
+    counters = _dispatch._Counters()
+    monkeypatch.setattr(_dispatch, "COUNTERS", counters)
+    with caplog.at_level(logging.WARNING, logger="invariantkit"):
+        counters.drop("posthog", "sdk_queue_full", 2)
+        counters.drop("posthog", "sdk_queue_full", 3)
+        clock[0] += 30
+        counters.drop("sentry", "error", 1)
+        clock[0] += 31
+        counters.drop("sentry", "error", 1)
+    lines = [r.getMessage() for r in caplog.records if "signals dropped" in r.getMessage()]
+    assert len(lines) == 2
+    assert "2 for posthog (sdk_queue_full)" in lines[0]
+    assert "3 for posthog (sdk_queue_full)" in lines[1]
+    assert "2 for sentry (error)" in lines[1]
+    assert _dispatch.stats().dropped == {("posthog", "sdk_queue_full"): 5, ("sentry", "error"): 2}
+    assert _dispatch.stats().dropped_total == 7

@@ -194,7 +194,10 @@ class TestTextfile:
             _run_cron(processed=1)
             _run_cron(processed=1)
         assert _value(registry, f"cron_{CRON}_last_status") == 1
-        assert _value(registry, "invariantkit_sink_dropped_total", sink="prometheus") == 2
+        assert (
+            _value(registry, "invariantkit_sink_dropped_total", sink="prometheus", reason="error")
+            == 2
+        )
         warnings = [r for r in caplog.records if "textfile" in r.getMessage()]
         assert len(warnings) == 1
 
@@ -276,7 +279,9 @@ def test_pushgateway_down_is_counted_not_raised(
         assert job() == "renewed"
         ik.flush(timeout=10)  # pushes run on the export worker
     assert _value(registry, f"cron_{CRON}_last_status") == 1
-    assert _value(registry, "invariantkit_sink_dropped_total", sink="prometheus") == 2
+    assert (
+        _value(registry, "invariantkit_sink_dropped_total", sink="prometheus", reason="error") == 2
+    )
     [warning] = [r for r in caplog.records if "Pushgateway" in r.getMessage()]
     assert "s3cret" not in warning.getMessage()
     assert "127.0.0.1" in warning.getMessage()
@@ -300,7 +305,9 @@ def test_a_gateway_that_never_answers_is_bounded_by_push_timeout(
             raise error
         assert info.value is error
         ik.flush(timeout=10)  # the push gives up after push_timeout, on the export worker
-    assert _value(registry, "invariantkit_sink_dropped_total", sink="prometheus") == 1
+    assert (
+        _value(registry, "invariantkit_sink_dropped_total", sink="prometheus", reason="error") == 1
+    )
     assert _value(registry, f"cron_{CRON}_last_status") == 0
 
 

@@ -18,15 +18,18 @@ from support.receivers import SentryReceiver
 
 
 def test_shutdown_does_not_configure_again() -> None:
-    """Draining the workers in shutdown() reads the configuration, never re-creates it."""
+    """Draining the workers in shutdown() reads the configuration, never re-creates it: the
+    API is left with no sink at all until the next configure()."""
     client = posthog.Posthog("phc_test", host="http://127.0.0.1:9", send=False)
     ik.configure(sinks=[ik.sinks.PostHog(client), ik.sinks.JsonLogs()])
     with ik.identify("user_1"), ik.billing_operation("renewal", user_facing=True) as run:
         run.set_attribute("subscription_id", "sub_1")
         ik.report_violation(billing.NO_DOUBLE_CHARGE)
     assert ik.shutdown(timeout=2)
-    assert STATE.dispatcher is None
-    assert STATE.config is None
+    assert STATE.dispatcher is not None
+    assert not STATE.dispatcher.sinks
+    assert STATE.config is not None
+    assert not STATE.config.sinks
 
 
 def test_a_sink_reused_after_shutdown_delivers() -> None:
@@ -57,7 +60,8 @@ def test_a_bad_environment_never_raises_into_business_code(
     """Used before configure(), a bad variable is logged and the defaults apply: the violation
     is reported and the call returns False (report mode)."""
     monkeypatch.setenv(name, value)
-    ik.shutdown(timeout=1)
+    monkeypatch.setattr(STATE, "dispatcher", None)  # never configured (the fixture restores)
+    monkeypatch.setattr(STATE, "config", None)
     assert ik.assert_invariant(False, billing.NO_DOUBLE_CHARGE) is False
     assert STATE.config is not None
     assert STATE.config.mode == "report"
@@ -126,3 +130,44 @@ def test_violation_spans_queued_at_exit_are_exported() -> None:
     )
     assert len(reported) == 5
     assert exported == reported
+
+
+def test_shutdown_accounts_for_every_violation_with_sentrys_default_queue() -> None:
+    """3,000 violations, Sentry with its default transport queue (100) and a real receiver:
+    after ``ik.shutdown(2)``, every violation either reached the receiver or is counted as
+    dropped for the Sentry sink (Sentry's queue overflow as ``sdk_queue_full``, what the bound
+    left in invariantkit's queue as ``shutdown``), in ``ik.stats()`` and in the metric alike."""
+    from prometheus_client import CollectorRegistry
+
+    total = 3000
+    with SentryReceiver() as receiver:
+        client = sentry_sdk.Client(
+            dsn=receiver.dsn, default_integrations=False, auto_enabling_integrations=False
+        )
+        assert client.options["transport_queue_size"] == 100
+        registry = CollectorRegistry()
+        before = ik.stats().dropped
+        try:
+            ik.configure(sinks=[ik.sinks.PrometheusMetrics(registry), ik.sinks.Sentry(client)])
+            for n in range(total):
+                ik.report_violation(billing.NO_DOUBLE_CHARGE, tags={"n": str(n)})
+            ik.shutdown(timeout=2)
+            # Whatever Sentry's own queue still holds, its worker sends (the client stays open).
+            client.flush(timeout=20)
+            delivered = len(receiver.events)
+        finally:
+            client.close(timeout=2)
+    after = ik.stats().dropped
+    counted = {
+        reason: after.get(("sentry", reason), 0) - before.get(("sentry", reason), 0)
+        for reason in ("queue_full", "shutdown", "sdk_queue_full", "error", "sampled")
+    }
+    assert delivered + sum(counted.values()) == total, (delivered, counted)
+    assert counted["sdk_queue_full"] > 0  # a queue of 100 cannot hold the burst
+    metric = sum(
+        s.value
+        for f in registry.collect()
+        for s in f.samples
+        if s.name == "invariantkit_sink_dropped_total" and s.labels["sink"] == "sentry"
+    )
+    assert metric == sum(counted.values())

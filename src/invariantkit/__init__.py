@@ -20,6 +20,7 @@ from invariantkit._config import Config, configure, flush, shutdown
 from invariantkit._constraints import verify_constraints
 from invariantkit._context import Binding, correlation_id, extract, identify, inject
 from invariantkit._cron import Cron, CronRun, monitor_cron
+from invariantkit._dispatch import Stats, stats
 from invariantkit._events import track
 from invariantkit._idempotency import DbError, IdempotentWrite, idempotent_write
 from invariantkit._invariant import (
@@ -51,6 +52,7 @@ __all__ = [
     "OperationRun",
     "Record",
     "Scrubber",
+    "Stats",
     "__version__",
     "assert_invariant",
     "billing_operation",
@@ -68,6 +70,7 @@ __all__ = [
     "report_violation",
     "shutdown",
     "sinks",
+    "stats",
     "track",
     "verify_constraints",
 ]

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from invariantkit._catalog import Declaration, get_catalog
-from invariantkit._dispatch import Dispatcher
+from invariantkit._dispatch import COUNTERS, DROP_REASONS, ClosedDispatcher, Dispatcher
 from invariantkit._record import Record
 from invariantkit._safe import NO_SCRUB, Scrubber
 from invariantkit.sinks._base import Sink, SinkUnavailable
@@ -63,6 +63,9 @@ class _State:
         #: format log lines of that configuration while it drains.
         self.last_config: Config | None = None
         self.dispatcher: Dispatcher | None = None
+        #: The dispatcher whose metrics sinks count what SDKs drop: the active one, else the one
+        #: shut down last (Sentry's transport still reports losses while shutdown() drains it).
+        self.counting: Dispatcher | None = None
         self.generation = 0
         self.lock = threading.RLock()
 
@@ -219,6 +222,7 @@ def configure(
         STATE.config = config
         STATE.last_config = config
         STATE.dispatcher = dispatcher
+        STATE.counting = dispatcher
         STATE.generation += 1
         _announce_sinks(dispatcher)
         for decl in get_catalog():
@@ -291,6 +295,7 @@ def swap(
         STATE.dispatcher = new_dispatcher
         STATE.generation += 1
         if new_dispatcher is not None:
+            STATE.counting = new_dispatcher
             _announce_sinks(new_dispatcher)
             for decl in get_catalog():
                 _announce(new_dispatcher, decl)
@@ -306,9 +311,21 @@ def _announce_sinks(dispatcher: Dispatcher) -> None:
         name = getattr(sink, "name", None)
         if not isinstance(name, str):
             continue
-        for kind in ("sink_error", "sink_dropped"):
+        dispatcher.emit(
+            Record("sink_error", name, "declared", "", "", None, now, attributes={"count": 0})
+        )
+        for reason in DROP_REASONS:
             dispatcher.emit(
-                Record(kind, name, "declared", "", "", None, now, attributes={"count": 0})
+                Record(
+                    "sink_dropped",
+                    name,
+                    "declared",
+                    "",
+                    "",
+                    None,
+                    now,
+                    attributes={"count": 0, "reason": reason},
+                )
             )
 
 
@@ -377,11 +394,15 @@ def current_config() -> Config:
     return config
 
 
-def count_dropped(sink_name: str, count: int) -> None:
-    """Count signals that a sink's SDK dropped in ``invariantkit_sink_dropped_total{sink}``."""
-    d = STATE.dispatcher
+def count_dropped(sink_name: str, count: int, reason: str = "error") -> None:
+    """Count signals that a sink's SDK dropped, in :func:`invariantkit.stats` and in
+    ``invariantkit_sink_dropped_total{sink,reason}`` (also while and after :func:`shutdown`
+    drains the SDKs: then in the metrics of the configuration shut down)."""
+    d = STATE.counting
     if d is not None:
-        d.count_dropped(sink_name, count)
+        d.count_dropped(sink_name, count, reason)
+    else:
+        COUNTERS.drop(sink_name, reason, count)
 
 
 def flush(timeout: float = 2.0) -> bool:
@@ -408,8 +429,11 @@ def flush(timeout: float = 2.0) -> bool:
 def shutdown(timeout: float = 2.0) -> bool:
     """Flush like :func:`flush`, then stop invariantkit's own workers, within ``timeout`` seconds.
 
-    After it, the API keeps working: the next call configures again with defaults, and
-    :func:`configure` may be called again.
+    What could not be handed to a sink's SDK within ``timeout`` is counted as dropped
+    (``reason="shutdown"``, see :func:`invariantkit.stats`), never delivered behind your back.
+    After it, and until :func:`configure` is called again, the API runs business code unchanged
+    and sends nothing anywhere (not even to auto-detected backends): each signal is counted as
+    dropped and one warning line says so.
 
     Example:
         >>> import invariantkit as ik
@@ -418,8 +442,22 @@ def shutdown(timeout: float = 2.0) -> bool:
     """
     with STATE.lock:
         d = STATE.dispatcher
-        STATE.dispatcher = None
-        STATE.config = None
+        last = STATE.config or STATE.last_config
+        if isinstance(d, ClosedDispatcher):
+            return True
+        STATE.dispatcher = ClosedDispatcher(s.name for s in (d.sinks if d is not None else ()))
+        # Mode and scrubber stay what they were: enforce mode still raises (business code
+        # unchanged); only the sinks are gone.
+        STATE.config = (
+            Config(
+                service=last.service,
+                environment=last.environment,
+                mode=last.mode,
+                scrubber=last.scrubber,
+            )
+            if last is not None
+            else Config()
+        )
         STATE.generation += 1
     if d is None:
         return True

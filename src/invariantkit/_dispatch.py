@@ -8,8 +8,10 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from invariantkit._record import Record
 from invariantkit._safe import install_log_filter, safe_str, scrub_for_log
@@ -17,7 +19,16 @@ from invariantkit._safe import install_log_filter, safe_str, scrub_for_log
 if TYPE_CHECKING:
     from invariantkit.sinks._base import Sink
 
-__all__ = ["Dispatcher", "Worker"]
+__all__ = [
+    "COUNTERS",
+    "DROP_REASONS",
+    "ClosedDispatcher",
+    "Dispatcher",
+    "DropReason",
+    "Stats",
+    "Worker",
+    "stats",
+]
 
 logger = logging.getLogger("invariantkit")
 # No DSN, API key or token ever reaches a log line of ours (a sink's error message may quote one).
@@ -34,6 +45,113 @@ DEFAULT_QUEUE_SIZE = 50_000
 #: within a second with three such threads.
 BATCH_SIZE = 256
 _sleep = time.sleep
+_clock = time.monotonic
+
+
+DropReason = Literal["queue_full", "shutdown", "sdk_queue_full", "error", "sampled"]
+#: Why a record did not reach a sink's SDK (the ``reason`` label of
+#: ``invariantkit_sink_dropped_total``): invariantkit's queue was full; ``shutdown()`` could not
+#: deliver it within its bound, or it came after ``shutdown()``; the SDK's own queue was full;
+#: the sink or its delivery failed; a violation storm was sampled.
+DROP_REASONS: tuple[DropReason, ...] = (
+    "queue_full",
+    "shutdown",
+    "sdk_queue_full",
+    "error",
+    "sampled",
+)
+#: Seconds between two warning lines that name drops.
+WARN_INTERVAL = 60.0
+
+
+@dataclass(frozen=True)
+class Stats:
+    """invariantkit's own counters since the process started, as :func:`invariantkit.stats`
+    returns them: visible even when no metrics sink is configured.
+
+    Attributes:
+        dropped: records that did not reach a sink's SDK, by ``(sink, reason)`` (reasons:
+            ``queue_full``, ``shutdown``, ``sdk_queue_full``, ``error``, ``sampled``); the same
+            counts as ``invariantkit_sink_dropped_total{sink,reason}``.
+        errors: exceptions raised by each sink (``invariantkit_sink_errors_total{sink}``).
+
+    Example:
+        >>> import invariantkit as ik
+        >>> ik.stats().dropped_total >= 0
+        True
+    """
+
+    dropped: Mapping[tuple[str, str], int]
+    errors: Mapping[str, int]
+
+    @property
+    def dropped_total(self) -> int:
+        """Every dropped record, all sinks and reasons together."""
+        return sum(self.dropped.values())
+
+
+class _Counters:
+    """Process-wide drop and error counts; a warning line names new drops once a minute."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.dropped: dict[tuple[str, str], int] = {}
+        self.errors: dict[str, int] = {}
+        self._unreported: dict[tuple[str, str], int] = {}
+        self._warned_at = -WARN_INTERVAL
+
+    def drop(self, sink: str, reason: str, count: int, *, warn: bool = True) -> None:
+        if count <= 0:
+            return
+        key = (sink, reason)
+        message = None
+        with self._lock:
+            self.dropped[key] = self.dropped.get(key, 0) + count
+            if warn:
+                self._unreported[key] = self._unreported.get(key, 0) + count
+                now = _clock()
+                if now - self._warned_at >= WARN_INTERVAL:
+                    self._warned_at = now
+                    message = ", ".join(
+                        f"{n} for {s} ({r})" for (s, r), n in sorted(self._unreported.items())
+                    )
+                    self._unreported.clear()
+        if message:
+            logger.warning(
+                "invariantkit: signals dropped: %s; counted in ik.stats() and "
+                "invariantkit_sink_dropped_total (this line at most once a minute)",
+                message,
+            )
+
+    def error(self, sink: str, count: int = 1) -> None:
+        with self._lock:
+            self.errors[sink] = self.errors.get(sink, 0) + count
+
+    def snapshot(self) -> Stats:
+        with self._lock:
+            return Stats(MappingProxyType(dict(self.dropped)), MappingProxyType(dict(self.errors)))
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()
+
+
+COUNTERS = _Counters()
+
+
+def stats() -> Stats:
+    """invariantkit's own counters: records dropped per sink and reason, and sink errors.
+
+    The same counts as ``invariantkit_sink_dropped_total{sink,reason}`` and
+    ``invariantkit_sink_errors_total{sink}``, available with no metrics sink configured (and
+    after :func:`invariantkit.shutdown`). They count from the start of the process.
+
+    Example:
+        >>> import invariantkit as ik
+        >>> before = ik.stats().dropped.get(("posthog", "error"), 0)
+        >>> isinstance(before, int)
+        True
+    """
+    return COUNTERS.snapshot()
 
 
 class _Marker:
@@ -197,6 +315,26 @@ class Worker:
             self._start()
         return drained
 
+    def abandon(self) -> list[Any]:
+        """Take every item still queued, for the caller to count as lost; a stop request
+        stays queued (the thread still ends) and flushes waiting for markers return."""
+        items: list[Any] = []
+        stop = False
+        try:
+            while True:
+                item = self._queue.get_nowait()
+                if item is _STOP:
+                    stop = True
+                elif isinstance(item, _Marker):
+                    item.event.set()
+                else:
+                    items.append(item)
+        except queue.Empty:
+            pass
+        if stop:
+            self._queue.put(_STOP)
+        return items
+
     def _after_fork_in_child(self) -> None:
         # The parent's thread does not exist here; its queue may hold half-handled state.
         self._queue = queue.SimpleQueue()
@@ -206,6 +344,7 @@ class Worker:
 
 
 def _reset_workers_after_fork() -> None:
+    COUNTERS._after_fork_in_child()
     for worker in list(_WORKERS):
         worker._after_fork_in_child()
 
@@ -262,6 +401,9 @@ class Dispatcher:
         self.start_sinks: tuple[Any, ...] = tuple(
             s for s in self.sinks if callable(getattr(s, "wants_starts", None))
         )
+        #: Set when shutdown() ran out of time: what the worker still holds is counted as lost
+        #: (reason "shutdown"), never delivered behind the caller's back.
+        self._abandoned = False
         self._guard = threading.Lock()
         # Per sink: the flush or shutdown call still running in its helper thread (pid, done).
         self._inflight: dict[int, tuple[int, threading.Event]] = {}
@@ -275,22 +417,29 @@ class Dispatcher:
             try:
                 sink.emit(record)
             except Exception as exc:
-                self.sink_failed(sink, exc)
+                self.record_failed(sink, exc)
         worker = self.worker
         if worker is None:
             return
         prepared = self._prepare(record) if self.preparers else None
         if prepared is None and span_parent == NO_SPAN:
             if self.plain and not worker.submit(record):
-                self._dropped(self.plain)
+                self._dropped(self.plain, "queue_full")
             return
-        if not worker.submit(_Job(record, span_parent, prepared)):
-            lost = list(self.plain)
-            if span_parent != NO_SPAN and self.traces is not None:
-                lost.append(self.traces)
-            if prepared is not None:
-                lost += [s for s, p in zip(self.preparers, prepared, strict=True) if p is not None]
-            self._dropped(lost)
+        job = _Job(record, span_parent, prepared)
+        if not worker.submit(job):
+            self._dropped(self._sinks_of(job), "queue_full")
+
+    def _sinks_of(self, item: Record | _Job) -> list[Any]:
+        """The sinks a queued item was for."""
+        if not isinstance(item, _Job):
+            return list(self.plain)
+        lost = list(self.plain)
+        if item.span_parent != NO_SPAN and self.traces is not None:
+            lost.append(self.traces)
+        if item.prepared is not None:
+            lost += [s for s, p in zip(self.preparers, item.prepared, strict=True) if p is not None]
+        return lost
 
     def starts_wanted(self) -> bool:
         """True when a sink wants the ``operation_start`` record of the operation beginning now."""
@@ -310,7 +459,7 @@ class Dispatcher:
             try:
                 ready = sink.prepare(record)
             except Exception as exc:
-                self.sink_failed(sink, exc)
+                self.record_failed(sink, exc)
                 continue
             if ready is not None:
                 if out is None:
@@ -320,7 +469,10 @@ class Dispatcher:
 
     def _run_deferred(self, batch: list[Record | _Job]) -> None:
         for item in batch:
-            self._run_deferred_one(item)
+            if self._abandoned:  # shutdown() gave up on these: counted, not delivered late
+                self._dropped(self._sinks_of(item), "shutdown")
+            else:
+                self._run_deferred_one(item)
 
     def _run_deferred_one(self, item: Record | _Job) -> None:
         prepared: tuple[Any, ...] | None = None
@@ -332,14 +484,14 @@ class Dispatcher:
                 try:
                     traces.violation_span(record, item.span_parent)
                 except Exception as exc:
-                    self.sink_failed(traces, exc)
+                    self.record_failed(traces, exc)
         else:
             record = item
         for sink in self.plain:
             try:
                 sink.emit(record)
             except Exception as exc:
-                self.sink_failed(sink, exc)
+                self.record_failed(sink, exc)
         if prepared is not None:
             for sink, ready in zip(self.preparers, prepared, strict=True):
                 if ready is None:
@@ -347,7 +499,7 @@ class Dispatcher:
                 try:
                     sink.deliver(record, ready)
                 except Exception as exc:
-                    self.sink_failed(sink, exc)
+                    self.record_failed(sink, exc)
 
     # -- failures -------------------------------------------------------------------------------
 
@@ -358,7 +510,8 @@ class Dispatcher:
         exception's message may quote are redacted.
         """
         try:
-            name = safe_str(getattr(sink, "name", None) or type(sink).__name__, 100)
+            name = _name_of(sink)
+            COUNTERS.error(name)
             self._count("sink_error", name, 1, exclude=sink)
             with self._guard:
                 first = name not in self._logged
@@ -374,19 +527,36 @@ class Dispatcher:
         except Exception:
             pass
 
-    def count_dropped(self, sink_name: str, count: int) -> None:
-        """Count signals a sink or its SDK dropped (``invariantkit_sink_dropped_total``)."""
+    def record_failed(self, sink: Sink, exc: BaseException) -> None:
+        """A sink raised on a record: count the error and the record as dropped for it."""
+        self.sink_failed(sink, exc)
+        self.count_dropped(_name_of(sink), 1, "error")
+
+    def count_dropped(self, sink_name: str, count: int, reason: str = "error") -> None:
+        """Count records a sink or its SDK dropped, in :func:`stats` and in
+        ``invariantkit_sink_dropped_total{sink,reason}``. Never raises."""
         try:
-            self._count("sink_dropped", sink_name, count)
+            COUNTERS.drop(sink_name, reason, count)
+            self._count("sink_dropped", sink_name, count, reason=reason)
         except Exception:
             pass
 
-    def _dropped(self, sinks: Iterable[Any]) -> None:
-        """The worker's queue was full: count the record as lost for each sink it was for."""
+    def _dropped(self, sinks: Iterable[Any], reason: str) -> None:
+        """A record was lost for each of ``sinks``: count it once per sink."""
         for sink in sinks:
-            self.count_dropped(sink.name, 1)
+            self.count_dropped(_name_of(sink), 1, reason)
 
-    def _count(self, kind: str, name: str, count: int, exclude: Sink | None = None) -> None:
+    def _count(
+        self,
+        kind: str,
+        name: str,
+        count: int,
+        exclude: Sink | None = None,
+        reason: str | None = None,
+    ) -> None:
+        attributes: dict[str, Any] = {"count": count}
+        if reason is not None:
+            attributes["reason"] = reason
         record = Record(
             kind,  # type: ignore[arg-type]
             name,
@@ -395,7 +565,7 @@ class Dispatcher:
             "",
             None,
             time.time(),
-            attributes={"count": count},
+            attributes=attributes,
         )
         for sink in self.inline:
             if sink is exclude:
@@ -428,8 +598,15 @@ class Dispatcher:
         deadline = time.monotonic() + max(timeout, 0.0)
         kept = {id(s) for s in keep}
         ok = True
-        if self.worker is not None:
-            ok = self.worker.stop(_left(deadline)) and ok
+        worker = self.worker
+        if worker is not None:
+            ok = worker.stop(_left(deadline)) and ok
+            if not ok:
+                # Out of time: what is still queued is counted as lost, and the worker, which
+                # may still be busy with a backend, counts instead of delivering what it holds.
+                self._abandoned = True
+                for item in worker.abandon():
+                    self._dropped(self._sinks_of(item), "shutdown")
         calls = [(sink, sink.flush if id(sink) in kept else sink.shutdown) for sink in self.sinks]
         return self._bounded(calls, deadline) and ok
 
@@ -484,6 +661,42 @@ class Dispatcher:
             self.sink_failed(sink, exc)
         finally:
             done.set()
+
+
+class ClosedDispatcher(Dispatcher):
+    """What the API uses after :func:`invariantkit.shutdown` until the next ``configure()``:
+    business code runs unchanged, nothing is sent anywhere, each record is counted as dropped
+    (reason ``shutdown``) for each sink of the configuration that was shut down, and one warning
+    line says so."""
+
+    def __init__(self, sink_names: Iterable[str]) -> None:
+        super().__init__(())
+        self.sink_names = tuple(sink_names) or ("unconfigured",)
+        self._warned = False
+
+    def emit(self, record: Record, span_parent: int | None = NO_SPAN) -> None:
+        if record.kind in _BOOKKEEPING:
+            return
+        try:
+            for name in self.sink_names:
+                COUNTERS.drop(name, "shutdown", 1, warn=False)
+            if not self._warned:
+                self._warned = True
+                logger.warning(
+                    "invariantkit: a %s record after ik.shutdown() was dropped; until "
+                    "ik.configure() is called again nothing is sent and drops are only counted "
+                    "(ik.stats())",
+                    record.kind,
+                )
+        except Exception:
+            pass
+
+
+_BOOKKEEPING = frozenset({"declare", "sink_error", "sink_dropped"})
+
+
+def _name_of(sink: Any) -> str:
+    return safe_str(getattr(sink, "name", None) or type(sink).__name__, 100)
 
 
 def _left(deadline: float) -> float:

@@ -120,7 +120,10 @@ class OtelMetrics:
         elif kind == "sink_error":
             self.sink_errors.add(record.attributes.get("count", 1), {"sink": record.name})
         elif kind == "sink_dropped":
-            self.sink_dropped.add(record.attributes.get("count", 1), {"sink": record.name})
+            self.sink_dropped.add(
+                record.attributes.get("count", 1),
+                {"sink": record.name, "reason": record.attributes.get("reason", "error")},
+            )
 
     def _errors_attrs(self, name: str, error_type: str) -> dict[str, str]:
         attrs = self._error_attrs.get((name, error_type))

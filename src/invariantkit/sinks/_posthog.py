@@ -134,7 +134,7 @@ class PostHog:
             count = len(batch) if batch else 1
         except Exception:
             count = 1
-        count_dropped("posthog", count)
+        count_dropped("posthog", count, "error")
 
     def _capture(self, event: str, record: Record, properties: dict[str, Any]) -> None:
         properties["trace_id"] = record.trace_id
@@ -155,7 +155,7 @@ class PostHog:
             # the event is lost, count it.
             from invariantkit._config import count_dropped
 
-            count_dropped(self.name, 1)
+            count_dropped(self.name, 1, "sdk_queue_full")
 
     def emit(self, record: Record) -> None:
         kind = record.kind

@@ -148,8 +148,9 @@ def _families(registry: CollectorRegistry) -> _Families:
                 ),
                 sink_dropped=Counter(
                     "invariantkit_sink_dropped_total",
-                    "Signals a sink or its SDK dropped (queue full, delivery failed).",
-                    ["sink"],
+                    "Signals a sink or its SDK dropped, by reason (queue_full, shutdown, "
+                    "sdk_queue_full, error, sampled).",
+                    ["sink", "reason"],
                     registry=registry,
                 ),
                 subscription_events=Counter(
@@ -473,7 +474,9 @@ class PrometheusMetrics:
         elif kind == "sink_error":
             self.families.sink_errors.labels(record.name).inc(record.attributes.get("count", 1))
         elif kind == "sink_dropped":
-            self.families.sink_dropped.labels(record.name).inc(record.attributes.get("count", 1))
+            self.families.sink_dropped.labels(
+                record.name, record.attributes.get("reason", "error")
+            ).inc(record.attributes.get("count", 1))
 
     def _lifecycle_event(self, record: Record) -> None:
         from invariantkit._lifecycle import (
@@ -536,7 +539,7 @@ class PrometheusMetrics:
     def _export_dropped(self, count: int) -> None:
         from invariantkit._config import count_dropped
 
-        count_dropped(self.name, count)
+        count_dropped(self.name, count, "queue_full")
 
     def _push(self, cron: str, gauges: _CronGauges) -> None:
         """Push the shared families and ``cron``'s gauges; bounded, never raises."""
@@ -599,7 +602,7 @@ class PrometheusMetrics:
                     safe_str(exc, 200),
                     self.name,
                 )
-            count_dropped(self.name, 1)
+            count_dropped(self.name, 1, "error")
         except Exception:
             pass
 

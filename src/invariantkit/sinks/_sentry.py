@@ -24,6 +24,8 @@ RECOMMENDED_TRANSPORT_QUEUE_SIZE = 10_000
 _DELIVERY_LOSSES = frozenset(
     {"queue_overflow", "network_error", "send_error", "ratelimit_backoff", "backpressure"}
 )
+#: Sentry's reasons that mean its transport queue was full; the other losses are errors.
+_QUEUE_FULL = frozenset({"queue_overflow", "backpressure"})
 _COUNTED_CATEGORIES = frozenset({"error", "default", "monitor"})
 _HOOKED = "_invariantkit_counts_losses"
 
@@ -47,7 +49,11 @@ def _count_lost(transport: Any) -> None:
             if reason in _DELIVERY_LOSSES and category in _COUNTED_CATEGORIES:
                 from invariantkit._config import count_dropped
 
-                count_dropped("sentry", 1 if item is not None else max(int(quantity), 1))
+                count_dropped(
+                    "sentry",
+                    1 if item is not None else max(int(quantity), 1),
+                    "sdk_queue_full" if reason in _QUEUE_FULL else "error",
+                )
         except Exception:
             pass
         original(reason, data_category, item, quantity=quantity)
