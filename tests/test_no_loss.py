@@ -125,6 +125,7 @@ def test_ten_thousand_violations_from_threads_and_tasks_arrive_exactly_once(
         try:
             ik.configure(
                 service="billing",
+                max_events_per_minute=TOTAL,  # every one of the burst must arrive
                 sinks=[
                     ik.sinks.PrometheusMetrics(registry),
                     ik.sinks.Sentry(),

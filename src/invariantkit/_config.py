@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from invariantkit._catalog import Declaration, get_catalog
-from invariantkit._dispatch import COUNTERS, DROP_REASONS, ClosedDispatcher, Dispatcher
+from invariantkit._dispatch import (
+    COUNTERS,
+    DEFAULT_EVENTS_PER_MINUTE,
+    DROP_REASONS,
+    ClosedDispatcher,
+    Dispatcher,
+)
 from invariantkit._record import Record
 from invariantkit._safe import NO_SCRUB, Scrubber
 from invariantkit.sinks._base import Sink, SinkUnavailable
@@ -38,6 +44,8 @@ class Config:
             ``ALERT_TEST_DELAY_SECONDS``; real violations are never relabelled.
         scrubber: what is redacted before anything leaves the process.
         sinks: the configured sinks, in fan-out order.
+        max_events_per_minute: violations per invariant per minute that reach Sentry and
+            PostHog; the rest of a storm is counted (``reason="sampled"``).
 
     Example:
         >>> import invariantkit as ik
@@ -52,6 +60,7 @@ class Config:
     test_mode: bool = False
     scrubber: Scrubber = field(default_factory=Scrubber)
     sinks: tuple[Sink, ...] = ()
+    max_events_per_minute: int = DEFAULT_EVENTS_PER_MINUTE
 
 
 class _State:
@@ -160,6 +169,7 @@ def configure(
     mode: Mode | None = None,
     test_mode: bool | None = None,
     scrub: Scrubber | bool | None = None,
+    max_events_per_minute: int = DEFAULT_EVENTS_PER_MINUTE,
 ) -> Config:
     """Configure invariantkit for this process and return the active :class:`Config`.
 
@@ -176,6 +186,11 @@ def configure(
         mode: ``"report"`` or ``"enforce"``; default ``INVARIANTKIT_MODE``, else ``"report"``.
         test_mode: alert test mode; default ``ALERT_TEST_MODE``.
         scrub: a :class:`Scrubber`, True/None for the default one, False to turn scrubbing off.
+        max_events_per_minute: at most this many violations of one invariant per minute reach
+            Sentry and PostHog (default 60); the rest are counted in
+            ``invariantkit_sink_dropped_total{reason="sampled"}`` and the next event sent
+            carries ``suppressed_count``. The violation counter, spans and log lines still get
+            every violation.
 
     Example:
         >>> import invariantkit as ik
@@ -205,6 +220,15 @@ def configure(
         scrubber = scrub
     else:
         raise TypeError("invariantkit.configure(scrub=...) must be a Scrubber, True, False or None")
+    if (
+        isinstance(max_events_per_minute, bool)
+        or not isinstance(max_events_per_minute, int)
+        or max_events_per_minute < 1
+    ):
+        raise ValueError(
+            "invariantkit.configure(max_events_per_minute=...) must be an int >= 1, got "
+            f"{max_events_per_minute!r}"
+        )
     resolved_sinks = _check_sinks(sinks) if sinks is not None else tuple(auto_sinks())
 
     config = Config(
@@ -214,9 +238,10 @@ def configure(
         test_mode=resolved_test_mode,
         scrubber=scrubber,
         sinks=resolved_sinks,
+        max_events_per_minute=max_events_per_minute,
     )
     _keep_logs_out_of_sentry(resolved_sinks)
-    dispatcher = Dispatcher(resolved_sinks)
+    dispatcher = Dispatcher(resolved_sinks, events_per_minute=max_events_per_minute)
     with STATE.lock:
         old = STATE.dispatcher
         STATE.config = config

@@ -353,6 +353,43 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_workers_after_fork)
 
 
+#: Events per invariant per minute that reach the storm-limited sinks (Sentry, PostHog).
+DEFAULT_EVENTS_PER_MINUTE = 60
+
+
+class _StormLimiter:
+    """At most ``limit`` violations per invariant per minute pass; the next one that passes
+    after a suppression carries how many were suppressed."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        # invariant -> [window start, passed in the window, suppressed not yet reported]
+        self._state: dict[str, list[float]] = {}
+
+    def admit(self, name: str) -> int:
+        """-1: suppress this one; else the count of suppressed ones to report with it."""
+        now = _clock()
+        with self._lock:
+            state = self._state.get(name)
+            if state is None:
+                if len(self._state) >= _MAX_STORM_KEYS:
+                    self._state.clear()  # bounded: forgetting only lets a few more through
+                state = self._state[name] = [now, 0, 0]
+            elif now - state[0] >= 60.0:
+                state[0], state[1] = now, 0
+            if state[1] >= self.limit:
+                state[2] += 1
+                return -1
+            state[1] += 1
+            suppressed = int(state[2])
+            state[2] = 0
+            return suppressed
+
+
+_MAX_STORM_KEYS = 10_000
+
+
 class _Job(NamedTuple):
     """A record with work prepared on the caller's thread: the span the traces sink makes on
     the worker (``span_parent``), what deferred sinks read from the caller's context
@@ -361,6 +398,8 @@ class _Job(NamedTuple):
     record: Record
     span_parent: int | None
     prepared: tuple[Any, ...] | None
+    #: A violation past its invariant's storm limit: the storm-limited sinks skip it.
+    sampled: bool = False
 
 
 #: ``Dispatcher.emit(record)``: no span to make on the worker.
@@ -372,7 +411,13 @@ class Dispatcher:
     ``invariantkit_sink_errors_total{sink}`` and logged once per sink; it never reaches the caller.
     """
 
-    def __init__(self, sinks: Iterable[Sink], *, queue_size: int = DEFAULT_QUEUE_SIZE) -> None:
+    def __init__(
+        self,
+        sinks: Iterable[Sink],
+        *,
+        queue_size: int = DEFAULT_QUEUE_SIZE,
+        events_per_minute: int = DEFAULT_EVENTS_PER_MINUTE,
+    ) -> None:
         self.sinks: tuple[Sink, ...] = tuple(sinks)
         self.inline: tuple[Sink, ...] = tuple(s for s in self.sinks if not s.deferred)
         self.deferred: tuple[Sink, ...] = tuple(s for s in self.sinks if s.deferred)
@@ -383,6 +428,12 @@ class Dispatcher:
             s for s in self.deferred if callable(getattr(s, "prepare", None))
         )
         self.plain: tuple[Sink, ...] = tuple(s for s in self.deferred if s not in self.preparers)
+        #: Sinks that each violation of a storm would cost money or quota (Sentry, PostHog):
+        #: at most ``events_per_minute`` per invariant reach them, the rest are counted.
+        self.limited: frozenset[int] = frozenset(
+            id(s) for s in self.sinks if getattr(s, "storm_limited", False) is True
+        )
+        self._storms = _StormLimiter(events_per_minute) if self.limited else None
         self._logged: set[str] = set()
         # The traces sink opens spans itself (they must exist during the call).
         from invariantkit.sinks._otel import OtelTraces
@@ -413,7 +464,19 @@ class Dispatcher:
     def emit(self, record: Record, span_parent: int | None = NO_SPAN) -> None:
         """Send ``record`` to every sink. ``span_parent`` (only when ``spans_later``): the traces
         sink makes the violation's span on the worker, child of that span id (None: a root)."""
+        sampled = False
+        storms = self._storms
+        if storms is not None and record.kind == "violation" and not record.test:
+            suppressed = storms.admit(record.name)
+            if suppressed < 0:
+                sampled = True
+                self._dropped((s for s in self.sinks if id(s) in self.limited), "sampled")
+            elif suppressed:
+                record = record._replace(extra={**record.extra, "suppressed_count": suppressed})
+        limited = self.limited
         for sink in self.inline:
+            if sampled and id(sink) in limited:
+                continue
             try:
                 sink.emit(record)
             except Exception as exc:
@@ -421,12 +484,12 @@ class Dispatcher:
         worker = self.worker
         if worker is None:
             return
-        prepared = self._prepare(record) if self.preparers else None
-        if prepared is None and span_parent == NO_SPAN:
+        prepared = self._prepare(record, sampled) if self.preparers else None
+        if prepared is None and span_parent == NO_SPAN and not sampled:
             if self.plain and not worker.submit(record):
                 self._dropped(self.plain, "queue_full")
             return
-        job = _Job(record, span_parent, prepared)
+        job = _Job(record, span_parent, prepared, sampled)
         if not worker.submit(job):
             self._dropped(self._sinks_of(job), "queue_full")
 
@@ -434,7 +497,7 @@ class Dispatcher:
         """The sinks a queued item was for."""
         if not isinstance(item, _Job):
             return list(self.plain)
-        lost = list(self.plain)
+        lost = [s for s in self.plain if not (item.sampled and id(s) in self.limited)]
         if item.span_parent != NO_SPAN and self.traces is not None:
             lost.append(self.traces)
         if item.prepared is not None:
@@ -451,11 +514,13 @@ class Dispatcher:
                 self.sink_failed(sink, exc)
         return False
 
-    def _prepare(self, record: Record) -> tuple[Any, ...] | None:
+    def _prepare(self, record: Record, sampled: bool = False) -> tuple[Any, ...] | None:
         """What the preparing sinks read on this thread, or None when none wants the record
         (the success path: no allocation)."""
         out: list[Any] | None = None
         for i, sink in enumerate(self.preparers):
+            if sampled and id(sink) in self.limited:
+                continue
             try:
                 ready = sink.prepare(record)
             except Exception as exc:
@@ -476,9 +541,11 @@ class Dispatcher:
 
     def _run_deferred_one(self, item: Record | _Job) -> None:
         prepared: tuple[Any, ...] | None = None
+        sampled = False
         if isinstance(item, _Job):
             record = item.record
             prepared = item.prepared
+            sampled = item.sampled
             traces = self.traces
             if item.span_parent != NO_SPAN and traces is not None:
                 try:
@@ -488,6 +555,8 @@ class Dispatcher:
         else:
             record = item
         for sink in self.plain:
+            if sampled and id(sink) in self.limited:
+                continue
             try:
                 sink.emit(record)
             except Exception as exc:

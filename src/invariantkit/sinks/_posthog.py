@@ -84,6 +84,8 @@ class PostHog:
 
     name: ClassVar[str] = "posthog"
     deferred: ClassVar[bool] = True
+    #: At most ``configure(max_events_per_minute=...)`` violations per invariant per minute.
+    storm_limited: ClassVar[bool] = True
     #: The bounded options of the client invariantkit builds; pass them to your own client too.
     CLIENT_DEFAULTS: ClassVar[dict[str, Any]] = CLIENT_DEFAULTS
 
@@ -181,6 +183,9 @@ class PostHog:
             props["severity"] = getattr(decl, "severity", "")
             if record.test:
                 props["test"] = True
+            suppressed = record.extra.get("suppressed_count")
+            if suppressed:
+                props["suppressed_count"] = suppressed
             self._capture("invariant_violated", record, props)
         elif kind == "event":
             self._capture(record.name, record, dict(record.attributes))

@@ -172,6 +172,8 @@ class Sentry:
 
     name: ClassVar[str] = "sentry"
     deferred: ClassVar[bool] = True
+    #: At most ``configure(max_events_per_minute=...)`` violations per invariant per minute.
+    storm_limited: ClassVar[bool] = True
     #: Pass ``transport_queue_size=Sentry.RECOMMENDED_TRANSPORT_QUEUE_SIZE`` to ``sentry_sdk.init``.
     RECOMMENDED_TRANSPORT_QUEUE_SIZE: ClassVar[int] = RECOMMENDED_TRANSPORT_QUEUE_SIZE
 
