@@ -148,7 +148,10 @@ def test_shutdown_accounts_for_every_violation_with_sentrys_default_queue() -> N
         registry = CollectorRegistry()
         before = ik.stats().dropped
         try:
-            ik.configure(sinks=[ik.sinks.PrometheusMetrics(registry), ik.sinks.Sentry(client)])
+            ik.configure(
+                sinks=[ik.sinks.PrometheusMetrics(registry), ik.sinks.Sentry(client)],
+                max_events_per_minute=total,  # the burst, not the storm limit, is under test
+            )
             for n in range(total):
                 ik.report_violation(billing.NO_DOUBLE_CHARGE, tags={"n": str(n)})
             ik.shutdown(timeout=2)

@@ -11,6 +11,8 @@ import time
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.trace import StatusCode
@@ -516,3 +518,59 @@ class TestMemory:
         assert sink.flush(0)
         assert sink.shutdown(0)
         assert isinstance(sink, ik.sinks.Sink)
+
+
+def _strict_loads(line: str) -> Any:
+    def refuse(constant: str) -> None:
+        raise ValueError(f"not strict JSON: {constant}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+class _Unprintable:
+    def __str__(self) -> str:
+        raise RuntimeError("no")
+
+    __repr__ = __str__
+
+
+class TestJsonLine:
+    """The JSON log line is strict JSON and never lost."""
+
+    def test_nan_infinity_huge_ints_and_unprintable_objects_become_strings(self) -> None:
+        """Values strict JSON cannot hold become strings; every other field is kept as is."""
+        from invariantkit.sinks._logs import encode_line
+
+        fields = {
+            "event": "invariant.violated",
+            "tags": {"ratio": float("nan"), "ok": 1.5, "top": float("-inf")},
+            "extra": {"huge": 10**5000, "small": 7, "obj": _Unprintable()},
+            "duration_ms": float("inf"),
+        }
+        doc = _strict_loads(encode_line(fields))
+        assert doc["event"] == "invariant.violated"
+        assert doc["tags"] == {"ratio": "nan", "ok": 1.5, "top": "-inf"}
+        assert doc["extra"]["huge"] == f"<int of {(10**5000).bit_length()} bits>"
+        assert doc["extra"]["small"] == 7
+        assert isinstance(doc["extra"]["obj"], str)
+        assert doc["duration_ms"] == "inf"
+
+    @given(
+        st.dictionaries(
+            st.text(max_size=5),
+            st.recursive(
+                st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=10),
+                lambda inner: (
+                    st.lists(inner, max_size=3)
+                    | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+                ),
+                max_leaves=10,
+            ),
+            max_size=5,
+        )
+    )
+    def test_any_fields_give_one_strict_json_document(self, fields: dict[str, Any]) -> None:
+        """Whatever the values, the line parses as strict JSON with the same keys."""
+        from invariantkit.sinks._logs import encode_line
+
+        assert set(_strict_loads(encode_line(fields))) == set(fields)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import os
 from typing import TYPE_CHECKING, Any, ClassVar
+
+from invariantkit._safe import safe_str
 
 if TYPE_CHECKING:
     from invariantkit._config import Config
@@ -46,7 +49,9 @@ _LEVEL_NAMES = {
     logging.CRITICAL: "critical",
 }
 # One encoder for every line: json.dumps() with options builds a new encoder on each call.
-_ENCODER = json.JSONEncoder(default=str, ensure_ascii=False, separators=(",", ":"))
+# ``encode`` runs CPython's C encoder; allow_nan=False keeps the line strict JSON (log shippers
+# reject NaN and Infinity): a line it refuses is encoded again field by field (``encode_line``).
+_ENCODER = json.JSONEncoder(default=str, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 _UTC = dt.timezone.utc
 _fromtimestamp = dt.datetime.fromtimestamp
 _FALLBACK: list[Config] = []
@@ -130,6 +135,46 @@ def record_fields(record: Record, level: int, event: str) -> dict[str, Any]:
     return fields
 
 
+def encode_line(fields: dict[str, Any]) -> str:
+    """``fields`` as one strict JSON document, never failing: one C-encoder call in the common
+    case; else each field alone, with what it cannot encode made strict (NaN and Infinity,
+    integers too long to print, objects whose ``str()`` raises become strings)."""
+    try:
+        return _ENCODER.encode(fields)
+    except Exception:
+        pass
+    parts = []
+    for key, value in fields.items():
+        try:
+            text = _ENCODER.encode(value)
+        except Exception:
+            try:
+                text = _ENCODER.encode(_strict(value, 0))
+            except Exception:
+                text = _ENCODER.encode("<unencodable>")
+        parts.append(f"{_ENCODER.encode(str(key))}:{text}")
+    return "{" + ",".join(parts) + "}"
+
+
+def _strict(value: Any, depth: int) -> Any:
+    """``value`` with everything strict JSON cannot hold turned into a string."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        try:
+            str(value)
+        except ValueError:  # more digits than sys.get_int_max_str_digits() allows
+            return f"<int of {value.bit_length()} bits>"
+        return value
+    if value is None or isinstance(value, (str, bool)):
+        return value
+    if depth < 20 and isinstance(value, dict):
+        return {safe_str(k, 200): _strict(v, depth + 1) for k, v in value.items()}
+    if depth < 20 and isinstance(value, (list, tuple)):
+        return [_strict(v, depth + 1) for v in value]
+    return safe_str(value)
+
+
 class JsonLogs:
     """One JSON log line per signal on the stdlib logger ``logger`` (default ``invariantkit``).
 
@@ -167,7 +212,7 @@ class JsonLogs:
         if not event or not self.logger.isEnabledFor(level):
             return
         fields = record_fields(record, level, event)
-        line = _ENCODER.encode(fields)
+        line = encode_line(fields)
         log_record = self.logger.makeRecord(
             self.logger.name,
             level,
