@@ -323,3 +323,42 @@ class TestCountersAtZero:
             keys = series(signals.registry, VIOLATIONS)
         assert {name for key in keys for name, _ in key} == {"type", "invariant", "test"}
         assert not [key for key in keys if any("sub_42" in v or "u_7" in v for _, v in key)]
+
+
+def test_operations_named_at_run_time_fold_beyond_the_cap_and_memory_stays_flat(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """100,000 operation names built at run time (an id inside each): the catalog keeps at most
+    ``OPERATION_LIMIT`` operations, never drops one declared before, warns once, and the
+    process's RSS grows by less than 15 MB (it grew 41 MB when the catalog kept every name)."""
+    import gc
+
+    import psutil
+
+    from invariantkit._catalog import OPERATION_LIMIT
+
+    registry = CollectorRegistry()
+    ik.configure(sinks=[ik.sinks.PrometheusMetrics(registry)])
+    declared = ik.billing_operation("declared_before_the_storm")
+    process = psutil.Process()
+    for n in range(2000):  # warm up: caches, the first label children
+        with ik.billing_operation(f"warmup_{n}"):
+            pass
+    gc.collect()
+    start = process.memory_info().rss
+    with caplog.at_level(logging.WARNING, logger="invariantkit"):
+        for n in range(100_000):
+            with ik.billing_operation(f"charge_sub_{n}"):
+                pass
+    gc.collect()
+    growth = process.memory_info().rss - start
+    catalog = get_catalog()
+    assert len(catalog.operations) <= OPERATION_LIMIT
+    assert catalog.operations["declared_before_the_storm"] is declared.decl
+    assert "charge_sub_99999" not in catalog.operations
+    assert len([r for r in caplog.records if "operation names" in r.getMessage()]) <= 1
+    assert growth < 15 * 1024 * 1024, f"RSS grew {growth / 1e6:.1f} MB"
+    with declared:
+        pass  # a declared operation keeps working (and counting) after the fold
+    labels = {"operation": "declared_before_the_storm", "outcome": "success"}
+    assert registry.get_sample_value("billing_operation_total", labels) == 1

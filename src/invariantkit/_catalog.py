@@ -311,6 +311,12 @@ class IdempotentDecl:
 Declaration: TypeAlias = "Invariant | OperationDecl | CronDecl | Constraint | IdempotentDecl"
 
 
+#: Operations the catalog keeps. Names built at run time (an id inside the name) beyond it are
+#: not kept (their metric labels fold into "other" at 100 anyway); what is already in the
+#: catalog, and every invariant, cron, constraint and write, is never dropped.
+OPERATION_LIMIT = 1000
+
+
 class Catalog:
     """Everything declared in this process, by kind and name. Thread-safe.
 
@@ -337,6 +343,8 @@ class Catalog:
         self.constraints: dict[str, Constraint] = {}
         self.idempotent: dict[str, IdempotentDecl] = {}
         self._listeners: list[Callable[[Declaration], None]] = []
+        #: Operations not kept because the catalog held ``OPERATION_LIMIT`` already.
+        self.folded_operations = 0
 
     def _table(self, decl: Declaration) -> dict[str, Any]:
         tables: dict[str, dict[str, Any]] = {
@@ -357,6 +365,16 @@ class Catalog:
                 return existing  # type: ignore[no-any-return]
             if isinstance(existing, Invariant) and isinstance(decl, Invariant):
                 _warn_if_redefined(existing, decl)
+            if existing is None and decl.kind == "operation" and len(table) >= OPERATION_LIMIT:
+                self.folded_operations += 1
+                if self.folded_operations == 1:
+                    logger.warning(
+                        "invariantkit: more than %d operation names (an id inside the name?); "
+                        "new ones are not kept in the catalog and their metrics fold into "
+                        "operation=\"other\"",
+                        OPERATION_LIMIT,
+                    )
+                return decl
             table[decl.name] = decl
             listeners = list(self._listeners)
         for listener in listeners:
