@@ -371,7 +371,7 @@ class Catalog:
                     logger.warning(
                         "invariantkit: more than %d operation names (an id inside the name?); "
                         "new ones are not kept in the catalog and their metrics fold into "
-                        "operation=\"other\"",
+                        'operation="other"',
                         OPERATION_LIMIT,
                     )
                 return decl
