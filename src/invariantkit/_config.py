@@ -12,15 +12,16 @@ from typing import Literal
 
 from invariantkit._catalog import Declaration, get_catalog
 from invariantkit._dispatch import (
-    COUNTERS,
     DEFAULT_EVENTS_PER_MINUTE,
     DROP_REASONS,
     ClosedDispatcher,
     Dispatcher,
+    set_counting,
 )
+from invariantkit._dispatch import count_dropped as _count_dropped
 from invariantkit._record import Record
 from invariantkit._safe import NO_SCRUB, Scrubber
-from invariantkit.sinks._base import Sink, SinkUnavailable
+from invariantkit.sinks._base import Sink, SinkContext, SinkUnavailable
 
 __all__ = ["Config", "configure", "current_config", "flush", "shutdown"]
 
@@ -72,9 +73,6 @@ class _State:
         #: format log lines of that configuration while it drains.
         self.last_config: Config | None = None
         self.dispatcher: Dispatcher | None = None
-        #: The dispatcher whose metrics sinks count what SDKs drop: the active one, else the one
-        #: shut down last (Sentry's transport still reports losses while shutdown() drains it).
-        self.counting: Dispatcher | None = None
         self.generation = 0
         self.lock = threading.RLock()
 
@@ -241,13 +239,19 @@ def configure(
         max_events_per_minute=max_events_per_minute,
     )
     _keep_logs_out_of_sentry(resolved_sinks)
-    dispatcher = Dispatcher(resolved_sinks, events_per_minute=max_events_per_minute)
+    dispatcher = Dispatcher(
+        resolved_sinks,
+        events_per_minute=max_events_per_minute,
+        context=SinkContext(
+            service=config.service, environment=config.environment, scrubber=config.scrubber
+        ),
+    )
     with STATE.lock:
         old = STATE.dispatcher
         STATE.config = config
         STATE.last_config = config
         STATE.dispatcher = dispatcher
-        STATE.counting = dispatcher
+        set_counting(dispatcher)
         STATE.generation += 1
         _announce_sinks(dispatcher)
         for decl in get_catalog():
@@ -320,7 +324,7 @@ def swap(
         STATE.dispatcher = new_dispatcher
         STATE.generation += 1
         if new_dispatcher is not None:
-            STATE.counting = new_dispatcher
+            set_counting(new_dispatcher)
             _announce_sinks(new_dispatcher)
             for decl in get_catalog():
                 _announce(new_dispatcher, decl)
@@ -423,11 +427,7 @@ def count_dropped(sink_name: str, count: int, reason: str = "error") -> None:
     """Count signals that a sink's SDK dropped, in :func:`invariantkit.stats` and in
     ``invariantkit_sink_dropped_total{sink,reason}`` (also while and after :func:`shutdown`
     drains the SDKs: then in the metrics of the configuration shut down)."""
-    d = STATE.counting
-    if d is not None:
-        d.count_dropped(sink_name, count, reason)
-    else:
-        COUNTERS.drop(sink_name, reason, count)
+    _count_dropped(sink_name, count, reason)
 
 
 def flush(timeout: float = 2.0) -> bool:

@@ -17,7 +17,7 @@ from invariantkit._record import Record
 from invariantkit._safe import install_log_filter, safe_str, scrub_for_log
 
 if TYPE_CHECKING:
-    from invariantkit.sinks._base import Sink
+    from invariantkit.sinks._base import Sink, SinkContext
 
 __all__ = [
     "COUNTERS",
@@ -27,6 +27,8 @@ __all__ = [
     "DropReason",
     "Stats",
     "Worker",
+    "count_dropped",
+    "set_counting",
     "stats",
 ]
 
@@ -140,6 +142,27 @@ class _Counters:
 
 
 COUNTERS = _Counters()
+
+
+#: The dispatcher whose metrics sinks count what SDKs drop: the active one, else the one shut
+#: down last (Sentry's transport still reports losses while shutdown() drains it).
+_COUNTING: list[Dispatcher] = []
+
+
+def set_counting(dispatcher: Dispatcher) -> None:
+    """Make ``dispatcher``'s metrics sinks the ones that count drops reported from anywhere."""
+    _COUNTING[:] = [dispatcher]
+
+
+def count_dropped(sink_name: str, count: int, reason: str = "error") -> None:
+    """Count records a sink's SDK dropped, reported where no bound sink is at hand (an SDK
+    callback such as PostHog's ``on_error``): in :func:`stats` and in the metrics of the
+    active configuration (or the one shut down last). Never raises."""
+    counting = _COUNTING[0] if _COUNTING else None
+    if counting is not None:
+        counting.count_dropped(sink_name, count, reason)
+    else:
+        COUNTERS.drop(sink_name, reason, count)
 
 
 def stats() -> Stats:
@@ -433,8 +456,24 @@ class Dispatcher:
         *,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         events_per_minute: int = DEFAULT_EVENTS_PER_MINUTE,
+        context: SinkContext | None = None,
     ) -> None:
         self.sinks: tuple[Sink, ...] = tuple(sinks)
+        # Each sink is bound to this configuration: its scrubber, service and environment, and
+        # drop counting into this dispatcher's metrics (sinks never read the global state).
+        from invariantkit.sinks._base import SinkContext
+
+        base = context if context is not None else SinkContext()
+        self.context = SinkContext(
+            service=base.service,
+            environment=base.environment,
+            scrubber=base.scrubber,
+            count_dropped=self.count_dropped,
+        )
+        for sink in self.sinks:
+            bind = getattr(sink, "bind", None)  # once per configuration, never per record
+            if callable(bind):
+                bind(self.context)
         self.inline: tuple[Sink, ...] = tuple(s for s in self.sinks if not s.deferred)
         self.deferred: tuple[Sink, ...] = tuple(s for s in self.sinks if s.deferred)
         # Deferred sinks that first read the caller's context (Sentry forks its scopes there):

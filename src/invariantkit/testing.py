@@ -41,7 +41,7 @@ from invariantkit._context import CORRELATION, USER
 from invariantkit._dispatch import Dispatcher
 from invariantkit._record import Record
 from invariantkit._safe import NO_SCRUB, Scrubber
-from invariantkit.sinks._base import SinkUnavailable
+from invariantkit.sinks._base import SinkContext, SinkUnavailable
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
@@ -110,8 +110,10 @@ class _CapturingDispatcher(Dispatcher):
     """The real dispatcher, which also remembers each sink failure it isolates (with the
     exception itself, which the dispatcher only counts and logs once)."""
 
-    def __init__(self, sinks: Iterable[Sink], errors: _Errors) -> None:
-        super().__init__(sinks)
+    def __init__(
+        self, sinks: Iterable[Sink], errors: _Errors, context: SinkContext | None = None
+    ) -> None:
+        super().__init__(sinks, context=context)
         self._errors = errors
 
     def sink_failed(self, sink: Sink, exc: BaseException) -> None:
@@ -1267,7 +1269,11 @@ def _open(
     sinks.extend(extra_sinks)
 
     errors = _Errors()
-    dispatcher = _CapturingDispatcher(sinks, errors)
+    dispatcher = _CapturingDispatcher(
+        sinks,
+        errors,
+        SinkContext(service=service, environment=environment, scrubber=scrubber),
+    )
     config = Config(
         service=service,
         environment=environment,

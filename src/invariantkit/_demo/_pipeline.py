@@ -23,6 +23,7 @@ from invariantkit._config import STATE, Config, swap
 from invariantkit._context import CORRELATION, USER
 from invariantkit._dispatch import Dispatcher
 from invariantkit._safe import Scrubber
+from invariantkit.sinks._base import SinkContext
 from invariantkit.sinks._logs import JsonFormatter
 
 __all__ = ["Pipeline", "open_pipeline"]
@@ -371,7 +372,12 @@ def open_pipeline(
         scrubber=Scrubber(),
         sinks=sinks,
     )
-    dispatcher = Dispatcher(sinks)
+    dispatcher = Dispatcher(
+        sinks,
+        context=SinkContext(
+            service=config.service, environment=config.environment, scrubber=config.scrubber
+        ),
+    )
     user_token = USER.set(None)
     corr_token = CORRELATION.set(None)
     previous_state = swap(config, dispatcher)

@@ -6,7 +6,7 @@ Example:
     ['JsonLogs', 'Memory', 'OtelMetrics']
 """
 
-from invariantkit.sinks._base import Sink, SinkUnavailable
+from invariantkit.sinks._base import Sink, SinkContext, SinkUnavailable
 from invariantkit.sinks._logs import JsonLogs
 from invariantkit.sinks._memory import Memory
 from invariantkit.sinks._otel import OtelTraces
@@ -24,6 +24,7 @@ __all__ = [
     "PrometheusMetrics",
     "Sentry",
     "Sink",
+    "SinkContext",
     "SinkUnavailable",
 ]
 

@@ -6,13 +6,12 @@ import datetime as dt
 import json
 import logging
 import math
-import os
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from invariantkit._safe import safe_str
+from invariantkit.sinks._base import UNBOUND, Bound, SinkContext
 
 if TYPE_CHECKING:
-    from invariantkit._config import Config
     from invariantkit._record import Record
 
 __all__ = ["JsonFormatter", "JsonLogs"]
@@ -54,37 +53,14 @@ _LEVEL_NAMES = {
 _ENCODER = json.JSONEncoder(default=str, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 _UTC = dt.timezone.utc
 _fromtimestamp = dt.datetime.fromtimestamp
-_FALLBACK: list[Config] = []
 
 
-_STATE: list[Any] = []  # invariantkit._config.STATE, bound on first use (import cycle)
-
-
-def _active_config() -> Config:
-    # Read, never configure: this runs on the background worker, also while shutdown() drains it.
-    if not _STATE:
-        from invariantkit._config import STATE
-
-        _STATE.append(STATE)
-    state = _STATE[0]
-    config: Config | None = state.config or state.last_config
-    if config is not None:
-        return config
-    if not _FALLBACK:
-        from invariantkit._config import Config
-
-        _FALLBACK.append(
-            Config(
-                service=os.environ.get("OTEL_SERVICE_NAME") or "unknown_service",
-                environment=os.environ.get("INVARIANTKIT_ENVIRONMENT") or "production",
-            )
-        )
-    return _FALLBACK[0]
-
-
-def record_fields(record: Record, level: int, event: str) -> dict[str, Any]:
-    """The JSON fields of one log line for ``record``."""
-    config = _active_config()
+def record_fields(
+    record: Record, level: int, event: str, context: SinkContext = UNBOUND
+) -> dict[str, Any]:
+    """The JSON fields of one log line for ``record``, with ``context``'s service and
+    environment (the configuration that bound the sink)."""
+    config = context
     fields: dict[str, Any] = {
         "timestamp": _fromtimestamp(record.timestamp, _UTC).isoformat(),
         "level": _LEVEL_NAMES.get(level) or logging.getLevelName(level).lower(),
@@ -175,7 +151,7 @@ def _strict(value: Any, depth: int) -> Any:
     return safe_str(value)
 
 
-class JsonLogs:
+class JsonLogs(Bound):
     """One JSON log line per signal on the stdlib logger ``logger`` (default ``invariantkit``).
 
     Operation start at DEBUG, end at INFO (ERROR on failure), violations at CRITICAL, each with
@@ -211,7 +187,7 @@ class JsonLogs:
         level, event = _level_and_event(record)
         if not event or not self.logger.isEnabledFor(level):
             return
-        fields = record_fields(record, level, event)
+        fields = record_fields(record, level, event, self._context)
         line = encode_line(fields)
         log_record = self.logger.makeRecord(
             self.logger.name,

@@ -8,10 +8,11 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from invariantkit.sinks._base import SinkUnavailable
+from invariantkit.sinks._base import Bound, SinkUnavailable
 
 if TYPE_CHECKING:
     from invariantkit._record import Record
+    from invariantkit._safe import Scrubber
 
 __all__ = ["PostHog", "posthog_configured"]
 
@@ -55,7 +56,7 @@ def bounded(fn: Callable[[], object], timeout: float, name: str) -> bool:
     return finished
 
 
-class PostHog:
+class PostHog(Bound):
     """Send user-facing operation outcomes (``billing_<name>_success`` / ``_failure``), violations
     (``invariant_violated``, tags as properties) and ``ik.track()`` events to PostHog.
 
@@ -130,7 +131,7 @@ class PostHog:
             ...                          on_error=ik.sinks.PostHog.count_failed_batch,
             ...                          timeout=2, max_retries=1)
         """
-        from invariantkit._config import count_dropped
+        from invariantkit._dispatch import count_dropped
 
         try:
             count = len(batch) if batch else 1
@@ -155,9 +156,7 @@ class PostHog:
         if queued is None and not getattr(client, "disabled", False):
             # posthog returns None when its queue is full (or the client was shut down):
             # the event is lost, count it.
-            from invariantkit._config import count_dropped
-
-            count_dropped(self.name, 1, "sdk_queue_full")
+            self._context.count_dropped(self.name, 1, "sdk_queue_full")
 
     def emit(self, record: Record) -> None:
         kind = record.kind
@@ -171,7 +170,7 @@ class PostHog:
                 "outcome": record.status,
                 "duration_ms": round((record.duration or 0.0) * 1000, 3),
             }
-            props.update(_safe_attributes(record.attributes))
+            props.update(_safe_attributes(record.attributes, self._context.scrubber))
             if record.exception is not None:
                 props["error_type"] = type(record.exception).__name__
             self._capture(f"{decl.event_prefix}_{record.status}", record, props)  # type: ignore[union-attr]
@@ -207,11 +206,10 @@ class PostHog:
         return bounded(self.client.shutdown, timeout, "invariantkit-posthog-shutdown")
 
 
-def _safe_attributes(attributes: Any) -> dict[str, Any]:
+def _safe_attributes(attributes: Any, scrubber: Scrubber) -> dict[str, Any]:
     """Operation attributes as properties, scrubbed (static ones are declared, not scrubbed)."""
     if not attributes:
         return {}
-    from invariantkit._config import active_scrubber
     from invariantkit._safe import safe_mapping
 
-    return safe_mapping(attributes, active_scrubber())
+    return safe_mapping(attributes, scrubber)

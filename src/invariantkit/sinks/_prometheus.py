@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from invariantkit.sinks._base import SinkUnavailable
+from invariantkit.sinks._base import Bound, SinkUnavailable
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -267,7 +267,7 @@ class _OpChildren:
         self.errors: dict[str, Any] = {}
 
 
-class PrometheusMetrics:
+class PrometheusMetrics(Bound):
     """The guide's Prometheus metrics, in ``registry`` (default: prometheus-client's global one).
 
     Every declared invariant, operation and idempotent write gets its label children at zero
@@ -537,9 +537,7 @@ class PrometheusMetrics:
             self._write_textfile(cron)
 
     def _export_dropped(self, count: int) -> None:
-        from invariantkit._config import count_dropped
-
-        count_dropped(self.name, count, "queue_full")
+        self._context.count_dropped(self.name, count, "queue_full")
 
     def _push(self, cron: str, gauges: _CronGauges) -> None:
         """Push the shared families and ``cron``'s gauges; bounded, never raises."""
@@ -586,7 +584,6 @@ class PrometheusMetrics:
             self._export_failed("textfile", path, exc)
 
     def _export_failed(self, what: str, where: str, exc: BaseException) -> None:
-        from invariantkit._config import count_dropped
         from invariantkit._safe import safe_str
 
         try:
@@ -602,7 +599,7 @@ class PrometheusMetrics:
                     safe_str(exc, 200),
                     self.name,
                 )
-            count_dropped(self.name, 1, "error")
+            self._context.count_dropped(self.name, 1, "error")
         except Exception:
             pass
 

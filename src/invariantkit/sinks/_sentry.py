@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from invariantkit.sinks._base import SinkUnavailable
+from invariantkit.sinks._base import Bound, SinkUnavailable
 
 if TYPE_CHECKING:
     from invariantkit._record import Record
@@ -30,9 +30,10 @@ _COUNTED_CATEGORIES = frozenset({"error", "default", "monitor"})
 _HOOKED = "_invariantkit_counts_losses"
 
 
-def _count_lost(transport: Any) -> None:
+def _count_lost(transport: Any, sink: Any = None) -> None:
     """Wrap ``transport.record_lost_event`` (a public Transport method) so that events Sentry
-    loses on the way out are counted in ``invariantkit_sink_dropped_total{sink="sentry"}``."""
+    loses on the way out are counted in ``invariantkit_sink_dropped_total{sink="sentry"}``,
+    through the context ``sink`` is bound to when it loses them."""
     original = transport.record_lost_event
     if getattr(original, _HOOKED, False):
         return
@@ -47,9 +48,10 @@ def _count_lost(transport: Any) -> None:
         try:
             category = item.data_category if item is not None else data_category
             if reason in _DELIVERY_LOSSES and category in _COUNTED_CATEGORIES:
-                from invariantkit._config import count_dropped
+                from invariantkit._dispatch import count_dropped
 
-                count_dropped(
+                count = sink._context.count_dropped if sink is not None else count_dropped
+                count(
                     "sentry",
                     1 if item is not None else max(int(quantity), 1),
                     "sdk_queue_full" if reason in _QUEUE_FULL else "error",
@@ -149,7 +151,7 @@ def sentry_active() -> bool:
     return bool(sentry_sdk.get_client().is_active())
 
 
-class Sentry:
+class Sentry(Bound):
     """Send failures (``capture_exception``), violations (``capture_message`` at the invariant's
     level), missing constraints and cron check-ins to Sentry, with tags ``trace_id``,
     ``operation``/``invariant``, ``domain``, the user, and the trace context of the record.
@@ -213,7 +215,7 @@ class Sentry:
         transport = getattr(client, "transport", None)
         if transport is not None and transport is not self._hooked:
             self._hooked = transport
-            _count_lost(transport)
+            _count_lost(transport, self)
 
     @contextlib.contextmanager
     def _scope(self) -> Iterator[Any]:
@@ -232,12 +234,10 @@ class Sentry:
     def _capture_exception(self, exc: BaseException, kwargs: dict[str, Any]) -> None:
         # Exception messages and the frames' local variables leave the process too: scrub them
         # like tags (failure path only).
-        from invariantkit._config import active_scrubber
-
         if not first_report(exc):
             return  # nested operations (charge inside renewal inside the cron): one event
         with self._scope() as scope:
-            scope.add_event_processor(_exception_scrubber(active_scrubber()))
+            scope.add_event_processor(_exception_scrubber(self._context.scrubber))
             scope.capture_exception(exc, **kwargs)
 
     # -- records --------------------------------------------------------------------------------
@@ -283,7 +283,7 @@ class Sentry:
                 return
             decl = record.declaration
             tags = {"operation": record.name, "domain": getattr(decl, "domain", "billing")}
-            tags.update(_safe_attributes(record.attributes))
+            tags.update(_safe_attributes(record.attributes, self._context.scrubber))
             self._capture_exception(record.exception, self._scope_kwargs(record, tags))
         elif kind == "violation":
             decl = record.declaration
@@ -310,7 +310,7 @@ class Sentry:
             if record.exception is None:
                 return
             tags = {"operation": record.name, "domain": "billing"}
-            tags.update(_safe_attributes(record.attributes))
+            tags.update(_safe_attributes(record.attributes, self._context.scrubber))
             self._capture_exception(record.exception, self._scope_kwargs(record, tags))
         elif kind == "constraint":
             if record.status != "missing":
@@ -341,7 +341,7 @@ class Sentry:
         from invariantkit.sinks._sentry_crons import capture_cron_checkin
 
         with self._scope():
-            capture_cron_checkin(record)
+            capture_cron_checkin(record, scrubber=self._context.scrubber)
 
     def _client(self) -> Any:
         return self.client if self.client is not None else self._sdk.get_client()
@@ -358,14 +358,13 @@ class Sentry:
         return self.flush(timeout)
 
 
-def _safe_attributes(attributes: Any) -> dict[str, str]:
+def _safe_attributes(attributes: Any, scrubber: Scrubber) -> dict[str, str]:
     """Operation attributes as Sentry tags, made safe and scrubbed."""
     if not attributes:
         return {}
-    from invariantkit._config import active_scrubber
     from invariantkit._safe import safe_tags
 
-    return safe_tags(attributes, active_scrubber())
+    return safe_tags(attributes, scrubber)
 
 
 def _already_reported(exc: BaseException) -> bool:

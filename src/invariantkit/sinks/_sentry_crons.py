@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from invariantkit._record import Record
+    from invariantkit._safe import Scrubber
 
 __all__ = [
     "capture_cron_checkin",
@@ -93,7 +94,9 @@ def exception_kwargs(record: Record) -> dict[str, Any]:
     return kwargs
 
 
-def capture_cron_checkin(record: Record, *, capture_exception: bool = True) -> None:
+def capture_cron_checkin(
+    record: Record, *, capture_exception: bool = True, scrubber: Scrubber | None = None
+) -> None:
     """Send the check-in ``record`` describes through the current Sentry client.
 
     The Sentry sink calls this for ``cron`` records inside a scope bound to its client. For a
@@ -113,14 +116,16 @@ def capture_cron_checkin(record: Record, *, capture_exception: bool = True) -> N
     status = _STATUSES.get(record.status, "error")
     exc = record.exception
     if capture_exception and status == "error" and isinstance(exc, Exception):
-        from invariantkit._config import active_scrubber
+        from invariantkit.sinks._base import UNBOUND
         from invariantkit.sinks._sentry import _exception_scrubber, first_report
 
         # Unless an operation inside the run already sent it (one failure, one event).
         if first_report(exc):
             with sentry_sdk.new_scope() as scope:
                 # Exception messages and frame variables leave the process: scrub them.
-                scope.add_event_processor(_exception_scrubber(active_scrubber()))
+                scope.add_event_processor(
+                    _exception_scrubber(scrubber if scrubber is not None else UNBOUND.scrubber)
+                )
                 scope.capture_exception(exc, **exception_kwargs(record))
     # A forked scope carries the run's trace id into the check-in (the SDK would otherwise use
     # its own propagation context), so the check-in, its error and the run's spans share one id.
