@@ -483,6 +483,12 @@ class Dispatcher:
             s for s in self.deferred if callable(getattr(s, "prepare", None))
         )
         self.plain: tuple[Sink, ...] = tuple(s for s in self.deferred if s not in self.preparers)
+        #: Deferred sinks that take a whole batch at once (``emit_batch(records)``), and the
+        #: others, which get each record by ``emit``.
+        self.batchers: tuple[Any, ...] = tuple(
+            s for s in self.plain if callable(getattr(s, "emit_batch", None))
+        )
+        self.each: tuple[Sink, ...] = tuple(s for s in self.plain if s not in self.batchers)
         #: Sinks that each violation of a storm would cost money or quota (Sentry, PostHog):
         #: at most ``events_per_minute`` per invariant reach them, the rest are counted.
         self.limited: frozenset[int] = frozenset(
@@ -588,11 +594,33 @@ class Dispatcher:
         return tuple(out) if out is not None else None
 
     def _run_deferred(self, batch: list[Record | _Job]) -> None:
+        batched: tuple[Any, ...] = ()
+        if self.batchers and not self._abandoned:
+            self._run_batchers(batch)
+            batched = self.batchers  # they had the whole batch
         for item in batch:
             if self._abandoned:  # shutdown() gave up on these: counted, not delivered late
-                self._dropped(self._sinks_of(item), "shutdown")
+                self._dropped((s for s in self._sinks_of(item) if s not in batched), "shutdown")
             else:
                 self._run_deferred_one(item)
+
+    def _run_batchers(self, batch: list[Record | _Job]) -> None:
+        """Hand each batching sink the records of ``batch`` meant for it, in one call."""
+        limited = self.limited
+        for sink in self.batchers:
+            skip = id(sink) in limited
+            records = [
+                item.record if isinstance(item, _Job) else item
+                for item in batch
+                if not (skip and isinstance(item, _Job) and item.sampled)
+            ]
+            if not records:
+                continue
+            try:
+                sink.emit_batch(records)
+            except Exception as exc:
+                self.sink_failed(sink, exc)
+                self.count_dropped(_name_of(sink), len(records), "error")
 
     def _run_deferred_one(self, item: Record | _Job) -> None:
         prepared: tuple[Any, ...] | None = None
@@ -609,7 +637,7 @@ class Dispatcher:
                     self.record_failed(traces, exc)
         else:
             record = item
-        for sink in self.plain:
+        for sink in self.each:
             if sampled and id(sink) in self.limited:
                 continue
             try:

@@ -109,12 +109,23 @@ class Sink(Protocol):
       each operation begins (asked on the caller's thread, so keep it to a flag or a level
       check; the JSON logs sink says yes when its logger is at DEBUG). Start records are made,
       and sent to every sink, only when some sink says yes.
-    - ``emit(record)``: handle one record; may raise (the dispatcher isolates and counts it), must
-      never block on the network.
+    - ``emit(record)``: handle one record; may raise (the dispatcher isolates it and counts the
+      record as dropped, ``reason="error"``), must never block on the network.
+    - optional, deferred sinks only: ``emit_batch(records)``: handle everything the worker took
+      at once (a list, in order) instead of one ``emit`` per record; one write or one request
+      per batch.
+    - optional: ``bind(context)``: each configuration that uses the sink calls it, before any
+      record, with a :class:`SinkContext` (service, environment, scrubber, ``count_dropped``).
+      A sink reads these instead of any global state.
     - ``flush(timeout)``: hand everything to the backend and wait at most ``timeout`` seconds;
       True when everything was handed over.
     - ``shutdown(timeout)``: flush, then release what the sink itself created. Never closes a
       client the user passed in.
+
+    Every record handed to a sink is accounted for: delivered, or counted in
+    ``invariantkit_sink_dropped_total{sink,reason}`` (by invariantkit when the sink raises or a
+    queue is full, by the sink through ``context.count_dropped`` when its backend loses it).
+    See the "Writing a sink" page of the documentation for a complete example.
 
     Example:
         >>> from typing import ClassVar
