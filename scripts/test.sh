@@ -70,6 +70,7 @@ if [[ "${SKIP_LINT:-0}" != 1 ]]; then
     run "ruff check ${lint_paths[*]}" ruff check "${lint_paths[@]}"
     run "ruff format --check ${lint_paths[*]}" ruff format --check "${lint_paths[@]}"
     run "mypy --strict src" mypy --strict src
+    run "lint-imports (layers)" lint-imports
     if [[ -f mkdocs.yml ]]; then
         site=$(mktemp -d)
         trap 'rm -rf "$site"' EXIT

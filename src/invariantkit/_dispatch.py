@@ -14,10 +14,11 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 
 from invariantkit._record import Record
-from invariantkit._safe import install_log_filter, safe_str, scrub_for_log
+from invariantkit._safe import Scrubber, install_log_filter, safe_str, scrub_for_log
 
 if TYPE_CHECKING:
-    from invariantkit.sinks._base import Sink, SinkContext
+    from invariantkit.sinks._base import Sink
+    from invariantkit.sinks._otel import OtelTraces
 
 __all__ = [
     "COUNTERS",
@@ -25,6 +26,7 @@ __all__ = [
     "ClosedDispatcher",
     "Dispatcher",
     "DropReason",
+    "SinkContext",
     "Stats",
     "Worker",
     "count_dropped",
@@ -94,6 +96,55 @@ class Stats:
     def dropped_total(self) -> int:
         """Every dropped record, all sinks and reasons together."""
         return sum(self.dropped.values())
+
+
+_DEFAULT_SCRUBBER = Scrubber()
+
+
+class SinkContext:
+    """What a sink is given when a configuration binds it (its optional ``bind(context)``):
+    the configuration's ``service``, ``environment`` and ``scrubber``, and
+    :meth:`count_dropped` to count what the sink or its SDK lost. A sink reads these instead of
+    any global state; a sink that is never bound sees the defaults.
+
+    Example:
+        >>> import invariantkit as ik
+        >>> context = ik.sinks.SinkContext(service="billing-api")
+        >>> context.service, context.environment
+        ('billing-api', 'production')
+        >>> context.scrubber.scrub_text("mail ana@example.com")
+        'mail [redacted]'
+    """
+
+    __slots__ = ("_count", "environment", "scrubber", "service")
+
+    def __init__(
+        self,
+        *,
+        service: str | None = None,
+        environment: str | None = None,
+        scrubber: Scrubber | None = None,
+        count_dropped: Callable[[str, int, str], None] | None = None,
+    ) -> None:
+        self.service: str = service or os.environ.get("OTEL_SERVICE_NAME") or "unknown_service"
+        self.environment: str = (
+            environment or os.environ.get("INVARIANTKIT_ENVIRONMENT") or "production"
+        )
+        self.scrubber: Scrubber = scrubber if scrubber is not None else _DEFAULT_SCRUBBER
+        self._count = count_dropped
+
+    def count_dropped(self, sink: str, count: int = 1, reason: str = "error") -> None:
+        """Count ``count`` records that ``sink`` (its ``name``) could not hand to its backend,
+        in ``invariantkit_sink_dropped_total{sink,reason}`` and :func:`invariantkit.stats`.
+        ``reason``: ``queue_full``, ``sdk_queue_full``, ``error`` (the usual ones for a sink).
+        Never raises."""
+        try:
+            if self._count is not None:
+                self._count(sink, count, reason)
+            else:
+                count_dropped(sink, count, reason)
+        except Exception:
+            pass
 
 
 class _Counters:
@@ -461,8 +512,6 @@ class Dispatcher:
         self.sinks: tuple[Sink, ...] = tuple(sinks)
         # Each sink is bound to this configuration: its scrubber, service and environment, and
         # drop counting into this dispatcher's metrics (sinks never read the global state).
-        from invariantkit.sinks._base import SinkContext
-
         base = context if context is not None else SinkContext()
         self.context = SinkContext(
             service=base.service,
@@ -496,12 +545,12 @@ class Dispatcher:
         )
         self._storms = _StormLimiter(events_per_minute) if self.limited else None
         self._logged: set[str] = set()
-        # The traces sink opens spans itself (they must exist during the call).
-        from invariantkit.sinks._otel import OtelTraces
-
-        self.traces: OtelTraces | None = next(
-            (s for s in self.sinks if isinstance(s, OtelTraces)), None
+        # The traces sink opens spans itself (they must exist during the call); it says so
+        # with ``opens_spans`` (the dispatcher imports no sink).
+        traces: Any = next(
+            (s for s in self.sinks if getattr(s, "opens_spans", False) is True), None
         )
+        self.traces: OtelTraces | None = traces
         #: Violations outside any span get their span on the worker, not on the call path.
         self.spans_later = self.traces is not None and self.traces.defers_violation_spans
         self.worker: Worker | None = (

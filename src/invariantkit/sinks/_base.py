@@ -2,66 +2,14 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from typing import TYPE_CHECKING, ClassVar, Protocol, runtime_checkable
 
-from invariantkit._safe import Scrubber
+from invariantkit._dispatch import SinkContext
 
 if TYPE_CHECKING:
     from invariantkit._record import Record
 
 __all__ = ["UNBOUND", "Bound", "Sink", "SinkContext", "SinkUnavailable"]
-
-_DEFAULT_SCRUBBER = Scrubber()
-
-
-class SinkContext:
-    """What a sink is given when a configuration binds it (its optional ``bind(context)``):
-    the configuration's ``service``, ``environment`` and ``scrubber``, and
-    :meth:`count_dropped` to count what the sink or its SDK lost. A sink reads these instead of
-    any global state; a sink that is never bound sees the defaults.
-
-    Example:
-        >>> import invariantkit as ik
-        >>> context = ik.sinks.SinkContext(service="billing-api")
-        >>> context.service, context.environment
-        ('billing-api', 'production')
-        >>> context.scrubber.scrub_text("mail ana@example.com")
-        'mail [redacted]'
-    """
-
-    __slots__ = ("_count", "environment", "scrubber", "service")
-
-    def __init__(
-        self,
-        *,
-        service: str | None = None,
-        environment: str | None = None,
-        scrubber: Scrubber | None = None,
-        count_dropped: Callable[[str, int, str], None] | None = None,
-    ) -> None:
-        self.service: str = service or os.environ.get("OTEL_SERVICE_NAME") or "unknown_service"
-        self.environment: str = (
-            environment or os.environ.get("INVARIANTKIT_ENVIRONMENT") or "production"
-        )
-        self.scrubber: Scrubber = scrubber if scrubber is not None else _DEFAULT_SCRUBBER
-        self._count = count_dropped
-
-    def count_dropped(self, sink: str, count: int = 1, reason: str = "error") -> None:
-        """Count ``count`` records that ``sink`` (its ``name``) could not hand to its backend,
-        in ``invariantkit_sink_dropped_total{sink,reason}`` and :func:`invariantkit.stats`.
-        ``reason``: ``queue_full``, ``sdk_queue_full``, ``error`` (the usual ones for a sink).
-        Never raises."""
-        try:
-            if self._count is not None:
-                self._count(sink, count, reason)
-            else:
-                from invariantkit._dispatch import count_dropped
-
-                count_dropped(sink, count, reason)
-        except Exception:
-            pass
 
 
 class SinkUnavailable(ImportError):

@@ -39,6 +39,8 @@ class OtelTraces:
     """
 
     name: ClassVar[str] = "otel_traces"
+    #: The sink that opens each operation's span during the call (the dispatcher asks this).
+    opens_spans: ClassVar[bool] = True
     deferred: ClassVar[bool] = False
 
     def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:

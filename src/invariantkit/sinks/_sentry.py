@@ -371,11 +371,21 @@ def _already_reported(exc: BaseException) -> bool:
     """True for exceptions whose report was sent already: an ``ik.DbError`` (``idempotent_write``
     sent the database error it wraps, tagged with the write's operation) and an
     ``ik.InvariantViolation`` (enforce mode: the violation went out as its invariant's message).
-    Sending them again would make two events of one failure."""
-    from invariantkit._idempotency import DbError
-    from invariantkit._invariant import InvariantViolation
+    Sending them again would make two events of one failure. (Known by name: a sink does not
+    import the public API layer above it.)"""
+    return any(
+        f"{cls.__module__}.{cls.__qualname__}" in _REPORTED_ELSEWHERE for cls in type(exc).__mro__
+    )
 
-    return isinstance(exc, (DbError, InvariantViolation))
+
+_REPORTED_ELSEWHERE = frozenset(
+    {
+        "invariantkit.DbError",
+        "invariantkit._idempotency.DbError",
+        "invariantkit.InvariantViolation",
+        "invariantkit._invariant.InvariantViolation",
+    }
+)
 
 
 _REPORTED = "_invariantkit_sentry_reported"
