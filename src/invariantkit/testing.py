@@ -42,6 +42,7 @@ from invariantkit._dispatch import Dispatcher
 from invariantkit._record import Record
 from invariantkit._safe import NO_SCRUB, Scrubber
 from invariantkit.sinks._base import SinkContext, SinkUnavailable
+from invariantkit.sinks._logs import handle_line
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
@@ -157,7 +158,7 @@ class _TeeLogger(logging.Logger):
             with self._guard:
                 self.lines.append(dict(fields))
         if self.target.isEnabledFor(record.levelno):
-            self.target.handle(record)
+            handle_line(self.target, record)
 
 
 def _keeping_transport() -> Any:

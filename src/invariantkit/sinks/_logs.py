@@ -14,7 +14,7 @@ from invariantkit.sinks._base import UNBOUND, Bound, SinkContext
 if TYPE_CHECKING:
     from invariantkit._record import Record
 
-__all__ = ["JsonFormatter", "JsonLogs"]
+__all__ = ["JsonFormatter", "JsonLogs", "handle_line"]
 
 _EVENTS = {
     "operation_start": ("operation.start", logging.DEBUG),
@@ -111,6 +111,32 @@ def record_fields(
     return fields
 
 
+def handle_line(logger: logging.Logger, record: logging.LogRecord) -> None:
+    """``logger.handle(record)``, as the stdlib does it (filters, then the handlers of the
+    logger and its parents while ``propagate``, ``lastResort`` when there are none), without
+    the ``Logger.callHandlers`` that SDKs patch: Sentry's logging integration would turn our
+    lines into breadcrumbs and events a second time, and costs each line as much as the line."""
+    if type(logger).handle is not logging.Logger.handle:  # a logger with its own handle()
+        logger.handle(record)
+        return
+    if logger.disabled or not logger.filter(record):
+        return
+    found = 0
+    current: logging.Logger | None = logger
+    while current is not None:
+        for handler in current.handlers:
+            found += 1
+            if record.levelno >= handler.level:
+                handler.handle(record)
+        if not current.propagate:
+            break
+        current = current.parent
+    if not found:
+        last = logging.lastResort
+        if last is not None and record.levelno >= last.level:
+            last.handle(record)
+
+
 def encode_line(fields: dict[str, Any]) -> str:
     """``fields`` as one strict JSON document, never failing: one C-encoder call in the common
     case; else each field alone, with what it cannot encode made strict (NaN and Infinity,
@@ -201,7 +227,7 @@ class JsonLogs(Bound):
         )
         log_record.created = record.timestamp
         log_record.msecs = (record.timestamp % 1) * 1000
-        self.logger.handle(log_record)
+        handle_line(self.logger, log_record)
 
     def flush(self, timeout: float) -> bool:
         for handler in self.logger.handlers:
