@@ -574,3 +574,47 @@ class TestJsonLine:
         from invariantkit.sinks._logs import encode_line
 
         assert set(_strict_loads(encode_line(fields))) == set(fields)
+
+
+def test_json_log_lines_never_reach_sentrys_logging_integration() -> None:
+    """With Sentry's default logging integration active (it patches ``Logger.callHandlers``),
+    an ERROR JSON line of a failed operation reaches the logger's handlers but never becomes a
+    Sentry event, even when the logger is not on Sentry's ignore list."""
+    import sentry_sdk
+    from sentry_sdk.transport import Transport
+
+    class Keeping(Transport):
+        def __init__(self) -> None:
+            super().__init__(None)
+            self.envelopes: list[Any] = []
+
+        def capture_envelope(self, envelope: Any) -> None:
+            self.envelopes.append(envelope)
+
+    transport = Keeping()
+    client = sentry_sdk.Client(dsn="http://public@127.0.0.1:9/1", transport=transport)
+    assert "logging" in client.integrations  # the default integrations are on
+    scope = sentry_sdk.get_global_scope()
+    scope.set_client(client)  # the autouse fixture restores the previous client
+    lines: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record)
+
+    log = logging.getLogger("test.sinks.not_ignored_by_sentry")
+    log.handlers[:] = [Keep()]
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    ik.configure(sinks=[ik.sinks.JsonLogs(log)])  # no Sentry sink: nothing ignores this logger
+
+    @ik.billing_operation("logs_not_in_sentry")
+    def charge() -> None:
+        raise RuntimeError("card declined")
+
+    with pytest.raises(RuntimeError):
+        charge()
+    assert ik.flush(2)
+    client.flush(timeout=2)
+    assert [json.loads(r.getMessage())["outcome"] for r in lines] == ["failure"]
+    assert transport.envelopes == []
