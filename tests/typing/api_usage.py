@@ -209,5 +209,9 @@ memory: ik.sinks.Sink = ik.sinks.Memory()
 logs: ik.sinks.Sink = ik.sinks.JsonLogs()
 scrubber: ik.Scrubber = ik.Scrubber(emails=False)
 clean: str = scrubber.scrub_text("card 4242 4242 4242 4242")
+context: ik.sinks.SinkContext = ik.sinks.SinkContext(service="billing-api", scrubber=scrubber)
+context.count_dropped("audit", 1, "error")
+counters: ik.Stats = ik.stats()
+lost: int = counters.dropped.get(("audit", "error"), 0) + counters.dropped_total
 
 checked = True
