@@ -618,3 +618,31 @@ def test_json_log_lines_never_reach_sentrys_logging_integration() -> None:
     client.flush(timeout=2)
     assert [json.loads(r.getMessage())["outcome"] for r in lines] == ["failure"]
     assert transport.envelopes == []
+
+
+def test_one_registry_builds_every_backend_by_its_sink_name() -> None:
+    """Auto-detection, capture_signals, verify and the demo build sinks from one registry:
+    each entry builds the sink whose ``name`` is its key, and JSON logs are always detected."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from prometheus_client import CollectorRegistry
+
+    from invariantkit.sinks._registry import BACKENDS, auto_sinks, build
+
+    built = {
+        "otel_traces": build("otel_traces", provider=TracerProvider()),
+        "prometheus": build("prometheus", registry=CollectorRegistry()),
+        "sentry": build("sentry"),
+        "posthog": build("posthog", client=_posthog_client()),
+        "json_logs": build("json_logs", logger="test.registry"),
+    }
+    assert set(built) == set(BACKENDS)
+    for name, sink in built.items():
+        assert sink.name == name
+        assert isinstance(sink, ik.sinks.Sink)
+    assert "json_logs" in [sink.name for sink in auto_sinks()]
+
+
+def _posthog_client() -> Any:
+    import posthog
+
+    return posthog.Posthog("phc_registry", host="http://127.0.0.1:9", send=False)

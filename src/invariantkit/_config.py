@@ -21,7 +21,7 @@ from invariantkit._dispatch import (
 from invariantkit._dispatch import count_dropped as _count_dropped
 from invariantkit._record import Record
 from invariantkit._safe import NO_SCRUB, Scrubber
-from invariantkit.sinks._base import Sink, SinkContext, SinkUnavailable
+from invariantkit.sinks._base import Sink, SinkContext
 
 __all__ = ["Config", "configure", "current_config", "flush", "shutdown"]
 
@@ -104,34 +104,9 @@ def _check_text(name: str, value: object) -> str | None:
 
 def auto_sinks() -> list[Sink]:
     """The sinks ``configure(sinks=None)`` detects: each only when its SDK is set up."""
-    from invariantkit.sinks._logs import JsonLogs
-    from invariantkit.sinks._otel import OtelTraces, tracing_configured
+    from invariantkit.sinks._registry import auto_sinks as detected
 
-    sinks: list[Sink] = []
-    if tracing_configured():
-        sinks.append(OtelTraces())
-    try:
-        from invariantkit.sinks._prometheus import PrometheusMetrics
-
-        sinks.append(PrometheusMetrics())
-    except SinkUnavailable:
-        pass
-    try:
-        from invariantkit.sinks._sentry import Sentry, sentry_active
-
-        if sentry_active():
-            sinks.append(Sentry())
-    except ImportError:  # sentry-sdk not installed (or not importable): skipped
-        pass
-    from invariantkit.sinks._posthog import PostHog, posthog_configured
-
-    if posthog_configured():
-        try:
-            sinks.append(PostHog())
-        except SinkUnavailable:
-            pass
-    sinks.append(JsonLogs())
-    return sinks
+    return detected()
 
 
 def _check_sinks(sinks: Iterable[object]) -> tuple[Sink, ...]:

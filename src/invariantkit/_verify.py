@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from invariantkit._catalog import Catalog, get_catalog
+from invariantkit.sinks._registry import build as build_sink
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -1069,31 +1070,27 @@ def _env_sinks(environ: Mapping[str, str]) -> tuple[list[Any], list[Callable[[],
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        from invariantkit.sinks._otel import OtelTraces
-
         provider = TracerProvider(
             resource=Resource.create(
                 {"service.name": environ.get("OTEL_SERVICE_NAME") or "invariantkit-test-alert"}
             )
         )
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-        sinks.append(OtelTraces(provider))
+        sinks.append(build_sink("otel_traces", provider=provider))
         closers.append(provider.shutdown)
     registry = None
     try:
         from prometheus_client import CollectorRegistry
 
-        from invariantkit.sinks._prometheus import PrometheusMetrics
-
         registry = CollectorRegistry()
-        sinks.append(PrometheusMetrics(registry))
+        sinks.append(build_sink("prometheus", registry=registry))
     except ImportError:
         pass
     dsn = environ.get("SENTRY_DSN")
     if dsn:
         import sentry_sdk
 
-        from invariantkit.sinks._sentry import RECOMMENDED_TRANSPORT_QUEUE_SIZE, Sentry
+        from invariantkit.sinks._sentry import RECOMMENDED_TRANSPORT_QUEUE_SIZE
 
         client = sentry_sdk.Client(
             dsn=dsn,
@@ -1103,12 +1100,10 @@ def _env_sinks(environ: Mapping[str, str]) -> tuple[list[Any], list[Callable[[],
             or "production",
             transport_queue_size=RECOMMENDED_TRANSPORT_QUEUE_SIZE,
         )
-        sinks.append(Sentry(client))
+        sinks.append(build_sink("sentry", client=client))
         closers.append(lambda: client.close(timeout=5.0))
     if environ.get("POSTHOG_PROJECT_API_KEY") or environ.get("POSTHOG_API_KEY"):
-        from invariantkit.sinks._posthog import PostHog
-
-        sinks.append(PostHog())
+        sinks.append(build_sink("posthog"))
     logger = logging.getLogger("invariantkit.test_alert")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())

@@ -43,6 +43,7 @@ from invariantkit._record import Record
 from invariantkit._safe import NO_SCRUB, Scrubber
 from invariantkit.sinks._base import SinkContext, SinkUnavailable
 from invariantkit.sinks._logs import handle_line
+from invariantkit.sinks._registry import build as build_sink
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
@@ -1168,7 +1169,6 @@ def _open(
     sentry_options: Mapping[str, Any],
 ) -> Signals:
     """Set up the capture; every step registers its own undo on ``stack`` (run in reverse)."""
-    from invariantkit.sinks._logs import JsonLogs
     from invariantkit.sinks._memory import Memory
 
     captured = set(_BACKENDS) - set(unavailable.reasons)
@@ -1189,8 +1189,6 @@ def _open(
         from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
         from opentelemetry.sdk.trace.sampling import ALWAYS_ON
 
-        from invariantkit.sinks._otel import OtelTraces
-
         span_exporter = InMemorySpanExporter()
         provider = TracerProvider(
             sampler=ALWAYS_ON,
@@ -1202,23 +1200,19 @@ def _open(
         )
         provider.add_span_processor(SimpleSpanProcessor(span_exporter))
         stack.callback(provider.shutdown)
-        sinks.append(OtelTraces(provider))
+        sinks.append(build_sink("otel_traces", provider=provider))
 
     registry = None
     if "metrics" in captured:
         from prometheus_client import CollectorRegistry
 
-        from invariantkit.sinks._prometheus import PrometheusMetrics
-
         registry = CollectorRegistry()
-        sinks.append(PrometheusMetrics(registry))
+        sinks.append(build_sink("prometheus", registry=registry))
 
     sentry_transport = None
     sentry_client = None
     if "sentry" in captured:
         import sentry_sdk
-
-        from invariantkit.sinks._sentry import Sentry
 
         sentry_transport = _keeping_transport()
         client_options: dict[str, Any] = {
@@ -1236,13 +1230,11 @@ def _open(
         global_scope = sentry_sdk.get_global_scope()
         stack.callback(global_scope.set_client, global_scope.client)
         global_scope.set_client(sentry_client)  # for threads the code under test starts
-        sinks.append(Sentry())
+        sinks.append(build_sink("sentry"))
 
     posthog_messages: list[dict[str, Any]] | None = None
     if "posthog" in captured:
         import posthog as posthog_sdk
-
-        from invariantkit.sinks._posthog import PostHog
 
         posthog_messages = []
         kept = posthog_messages
@@ -1261,10 +1253,10 @@ def _open(
             disable_geoip=True,
         )
         stack.callback(posthog_client.shutdown)
-        sinks.append(PostHog(posthog_client))
+        sinks.append(build_sink("posthog", client=posthog_client))
 
     logs = _TeeLogger(logging.getLogger(_LOGGER))
-    sinks.append(JsonLogs(logs))
+    sinks.append(build_sink("json_logs", logger=logs))
     memory = Memory()
     sinks.append(memory)
     sinks.extend(extra_sinks)

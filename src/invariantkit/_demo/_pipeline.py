@@ -25,6 +25,7 @@ from invariantkit._dispatch import Dispatcher
 from invariantkit._safe import Scrubber
 from invariantkit.sinks._base import SinkContext
 from invariantkit.sinks._logs import JsonFormatter
+from invariantkit.sinks._registry import build as build_sink
 
 __all__ = ["Pipeline", "open_pipeline"]
 
@@ -295,12 +296,7 @@ def open_pipeline(
     :class:`Pipeline`; :meth:`Pipeline.close` puts back what was there before."""
     from prometheus_client import CollectorRegistry
 
-    from invariantkit.sinks._logs import JsonLogs
     from invariantkit.sinks._memory import Memory
-    from invariantkit.sinks._otel import OtelTraces
-    from invariantkit.sinks._posthog import PostHog
-    from invariantkit.sinks._prometheus import PrometheusMetrics
-    from invariantkit.sinks._sentry import Sentry
 
     env = os.environ if environ is None else environ
     restore: list[Any] = []
@@ -357,11 +353,11 @@ def open_pipeline(
 
     memory = Memory()
     sinks = (
-        OtelTraces(provider),
-        PrometheusMetrics(registry),
-        Sentry(sentry_client),
-        PostHog(posthog_client),
-        JsonLogs(logger),
+        build_sink("otel_traces", provider=provider),
+        build_sink("prometheus", registry=registry),
+        build_sink("sentry", client=sentry_client),
+        build_sink("posthog", client=posthog_client),
+        build_sink("json_logs", logger=logger),
         memory,
     )
     config = Config(
