@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -175,3 +176,9 @@ def test_check_declaration_and_error_run() -> None:
     )
     assert registry.get_sample_value("invariant_check_last_run_timestamp_seconds", labels) == NOW
     assert registry.get_sample_value("invariant_check_duration_seconds", labels) == 0.2
+
+
+def test_the_docs_metric_table_is_the_spec() -> None:
+    """docs/configuration.md holds the table generated from the spec, unedited."""
+    docs = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"
+    assert sc.markdown_table() in docs.read_text()

@@ -261,3 +261,20 @@ CRON_GAUGES = (CRON_LAST_RUN, CRON_LAST_STATUS, CRON_DURATION, CRON_PROCESSED)
 def cron_gauges(cron: str) -> tuple[Metric, ...]:
     """The four gauges of cron ``cron``, in the order of :data:`CRON_GAUGES`."""
     return tuple(g.metric(cron) for g in CRON_GAUGES)
+
+
+def markdown_table() -> str:
+    """The docs' metric table (docs/configuration.md holds exactly this; a test compares)."""
+    rows = [
+        "| Prometheus name | Kind | Labels | OpenTelemetry instrument (unit) | Attributes | What |",
+        "|---|---|---|---|---|---|",
+    ]
+    for spec in (*ALL, *(g.metric("<name>") for g in CRON_GAUGES)):
+        unit = f" ({spec.unit})" if spec.unit else ""
+        what = spec.help.replace("the <name> cron job", "the cron job")
+        rows.append(
+            f"| `{spec.name}` | {spec.kind} | {', '.join(f'`{x}`' for x in spec.labels) or '-'} "
+            f"| `{spec.otel_name}`{unit} | {', '.join(f'`{x}`' for x in spec.otel_attributes) or '-'} "
+            f"| {what} |"
+        )
+    return "\n".join(rows) + "\n"

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from invariantkit import _semconv as sc
 from invariantkit._catalog import Catalog, get_catalog
 
 if TYPE_CHECKING:
@@ -178,7 +179,7 @@ def _check_alerts_configured(catalog: Catalog, art: _Artifacts) -> list[Check]:
         rules = [
             r["alert"]
             for r, e in zip(art.rules, exprs, strict=True)
-            if "billing_invariant_violation_total" in e
+            if sc.VIOLATIONS.name in e
             and _mentions(e, name)
             and str((r.get("labels") or {}).get("severity")) != "test"
         ]
@@ -210,24 +211,20 @@ def _check_alerts_configured(catalog: Catalog, art: _Artifacts) -> list[Check]:
         )
     problems = []
     for name in sorted(catalog.crons):
-        for suffix, what in (
-            ("last_run_timestamp", "missing"),
-            ("last_status", "failed"),
-            ("duration_seconds", "slow"),
+        for gauge, what in (
+            (sc.CRON_LAST_RUN, "missing"),
+            (sc.CRON_LAST_STATUS, "failed"),
+            (sc.CRON_DURATION, "slow"),
         ):
-            if not any(f"cron_{name}_{suffix}" in e for e in exprs):
-                problems.append(f"cron {name} has no '{what}' alert (cron_{name}_{suffix})")
+            if not any(gauge.name(name) in e for e in exprs):
+                problems.append(f"cron {name} has no '{what}' alert ({gauge.name(name)})")
     for name in sorted(catalog.constraints):
-        if not any("pg_constraint_exists" in e and _mentions(e, name) for e in exprs):
+        if not any(sc.CONSTRAINT_EXISTS.name in e and _mentions(e, name) for e in exprs):
             problems.append(f"constraint {name} has no alert rule")
-    if not any("billing_idempotent_retry_total" in e for e in exprs) and catalog.idempotent:
-        problems.append(
-            "no ExcessiveIdempotentRetries-style rule on billing_idempotent_retry_total"
-        )
-    if not any("invariantkit_sink_errors_total" in e for e in exprs):
-        problems.append(
-            "no rule on invariantkit_sink_errors_total (a failing backend goes unnoticed)"
-        )
+    if not any(sc.RETRIES.name in e for e in exprs) and catalog.idempotent:
+        problems.append(f"no ExcessiveIdempotentRetries-style rule on {sc.RETRIES.name}")
+    if not any(sc.SINK_ERRORS.name in e for e in exprs):
+        problems.append(f"no rule on {sc.SINK_ERRORS.name} (a failing backend goes unnoticed)")
     checks.append(
         _check(
             "alerts.health",
@@ -752,7 +749,7 @@ def _check_correlation() -> list[Check]:
             for family in signals.registry.collect():
                 for sample in family.samples:
                     if (
-                        sample.name == "billing_invariant_violation_total"
+                        sample.name == sc.VIOLATIONS.name
                         and sample.labels.get("invariant") == probe.name
                         and sample.exemplar is not None
                     ):
