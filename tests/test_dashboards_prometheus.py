@@ -4,12 +4,10 @@ generated alert, and every panel and annotation that counts violations shows it.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 
 import pytest
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 import invariantkit as ik
 from invariantkit import billing
@@ -18,23 +16,12 @@ from invariantkit.alerts import grafana_dashboards, prometheus_rules
 from invariantkit.alerts._common import VIOLATIONS
 from invariantkit.alerts._grafana import panel_queries
 from support.catalogs import with_guarantees
-from support.servers import Prometheus, wait_until
+from support.servers import Prometheus, serve_metrics, wait_until
 
 pytestmark = pytest.mark.slow
 
 #: Grafana's variables as Grafana expands them for a "last 5 minutes" range on a narrow panel.
 GRAFANA_VARS = {"$__rate_interval": "4s", "$__range": "5m"}
-
-
-@contextlib.contextmanager
-def serve_metrics(registry: CollectorRegistry) -> Iterator[int]:
-    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
-    try:
-        yield server.server_port
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 def violation(test: bool) -> Record:

@@ -335,11 +335,12 @@ def _run(
 
 
 def _own_labels(labels: dict[str, str], rule: Rule) -> Labels:
-    """The labels the expression gave the alert (not alertname, alertstate, the rule's own)."""
+    """The labels the expression gave the alert (not the ALERTS name, alertname, alertstate or
+    the rule's own labels)."""
     return tuple(
         sorted(
             (k, v)
             for k, v in labels.items()
-            if k not in ("alertname", "alertstate") and k not in rule.labels
+            if k not in ("__name__", "alertname", "alertstate") and k not in rule.labels
         )
     )

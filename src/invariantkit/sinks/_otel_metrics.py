@@ -9,7 +9,7 @@ from opentelemetry import metrics
 
 from invariantkit import _semconv as sc
 from invariantkit._semconv import DURATION_BUCKETS, LABEL_VALUE_CAP
-from invariantkit.sinks._prometheus import attribute_number
+from invariantkit.sinks._prometheus import attribute_number, lifecycle_labels
 
 if TYPE_CHECKING:
     from invariantkit._record import Record
@@ -135,19 +135,13 @@ class OtelMetrics:
                 self.check_runs.add(0, sc.CHECK_RUNS.otel(decl.name, outcome))
 
     def _lifecycle_event(self, record: Record) -> None:
-        from invariantkit._lifecycle import (
-            LIFECYCLE_EVENTS,
-            RENEWAL_FAILED,
-            failure_reason_label,
-        )
-
-        if record.name not in LIFECYCLE_EVENTS:
-            return  # other product events are PostHog's business, not a metric
-        self.subscription_events.add(1, sc.SUBSCRIPTION_EVENTS.otel(record.name))
-        if record.name == RENEWAL_FAILED:
-            reason = record.attributes.get("failureReason")
-            label = failure_reason_label(reason if isinstance(reason, str) else "other")
-            self.renewal_failures.add(1, sc.RENEWAL_FAILURES.otel(label))
+        labels = lifecycle_labels(record)
+        if labels is None:
+            return
+        event, reason = labels
+        self.subscription_events.add(1, sc.SUBSCRIPTION_EVENTS.otel(event))
+        if reason is not None:
+            self.renewal_failures.add(1, sc.RENEWAL_FAILURES.otel(reason))
 
     def _cron_ended(self, record: Record) -> None:
         """The cron's four gauges, created when its first run ends (never at declaration: a

@@ -435,19 +435,13 @@ class PrometheusMetrics:
             fams.check_last_run.labels(name).set(record.timestamp)
 
     def _lifecycle_event(self, record: Record) -> None:
-        from invariantkit._lifecycle import (
-            LIFECYCLE_EVENTS,
-            RENEWAL_FAILED,
-            failure_reason_label,
-        )
-
-        if record.name not in LIFECYCLE_EVENTS:
-            return  # other product events are PostHog's business, not a metric
-        self.families.subscription_events.labels(record.name).inc()
-        if record.name == RENEWAL_FAILED:
-            reason = record.attributes.get("failureReason")
-            label = failure_reason_label(reason if isinstance(reason, str) else "other")
-            self.families.renewal_failures.labels(label).inc()
+        labels = lifecycle_labels(record)
+        if labels is None:
+            return
+        event, reason = labels
+        self.families.subscription_events.labels(event).inc()
+        if reason is not None:
+            self.families.renewal_failures.labels(reason).inc()
 
     # -- cron runs ------------------------------------------------------------------------------
 
@@ -561,6 +555,20 @@ class PrometheusMetrics:
 
     def shutdown(self, timeout: float) -> bool:
         return True if self._io is None else bool(self._io.stop(timeout))
+
+
+def lifecycle_labels(record: Record) -> tuple[str, str | None] | None:
+    """The ``event`` label of a product event that is a subscription lifecycle event, and the
+    bounded ``reason`` label when it is a failed renewal; None for other product events (those
+    are PostHog's business, not a metric). Shared by both metric sinks."""
+    from invariantkit._lifecycle import LIFECYCLE_EVENTS, RENEWAL_FAILED, failure_reason_label
+
+    if record.name not in LIFECYCLE_EVENTS:
+        return None
+    if record.name != RENEWAL_FAILED:
+        return record.name, None
+    reason = record.attributes.get("failureReason")
+    return record.name, failure_reason_label(reason if isinstance(reason, str) else "other")
 
 
 def attribute_number(record: Record, key: str) -> float:
