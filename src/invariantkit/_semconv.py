@@ -28,7 +28,11 @@ __all__ = [
     "CHECK_RUNS",
     "CHECK_VIOLATING",
     "CONSTRAINT_EXISTS",
+    "CRON_DURATION",
     "CRON_GAUGES",
+    "CRON_LAST_RUN",
+    "CRON_LAST_STATUS",
+    "CRON_PROCESSED",
     "DURATION_BUCKETS",
     "LABEL_VALUE_CAP",
     "OPERATIONS",
@@ -44,6 +48,7 @@ __all__ = [
     "CronGauge",
     "Metric",
     "cron_gauges",
+    "markdown_table",
 ]
 
 Kind = Literal["counter", "histogram", "gauge"]
