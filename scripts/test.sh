@@ -2,8 +2,10 @@
 # The test command: `bash scripts/test.sh [pytest args...]`, from any directory.
 #
 # On a fresh Debian 12 machine (as root, or with sudo) it installs the servers the tests start
-# (Prometheus, Alertmanager, Pushgateway, PostgreSQL 15), creates .venv, installs the package
-# with its dev extra, then runs, stopping at the first failure:
+# (Prometheus, Alertmanager, Pushgateway, PostgreSQL 15, node + npm), creates .venv, installs the
+# package with its dev extra and the pinned npm packages the dashboard schema test uses
+# (into $INVARIANTKIT_NPM_DIR, default ~/.cache/invariantkit/npm), then runs, stopping at the
+# first failure:
 #   ruff check, ruff format --check, mypy --strict src, mkdocs build --strict (if mkdocs.yml),
 #   pytest (with the given args; "no tests collected" is a failure).
 #
@@ -37,6 +39,11 @@ for bin in prometheus promtool prometheus-alertmanager amtool prometheus-pushgat
 done
 [[ -x /usr/lib/postgresql/15/bin/initdb ]] || need_apt+=(postgresql-15)
 packages=(prometheus prometheus-alertmanager prometheus-pushgateway postgresql-15)
+# node + npm type-check the dashboards against Grafana's published schema (@grafana/schema).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+    need_apt+=(node)
+    packages+=(nodejs npm)
+fi
 # A bare Debian image may lack python3 or its venv module.
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     need_apt+=(python3-venv)
@@ -60,6 +67,16 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 export PATH="$VENV/bin:$PATH"
 run "pip install -e .[dev]" timeout 600 "$VENV/bin/python" -m pip install -q -e '.[dev]'
+
+# --- npm: Grafana's dashboard schema and TypeScript, pinned (tests/test_dashboards.py) ------
+export INVARIANTKIT_NPM_DIR="${INVARIANTKIT_NPM_DIR:-$HOME/.cache/invariantkit/npm}"
+npm_pins=("@grafana/schema@11.6.2" "typescript@5.8.3")
+if [[ "$(cat "$INVARIANTKIT_NPM_DIR/.pins" 2>/dev/null)" != "${npm_pins[*]}" ]]; then
+    mkdir -p "$INVARIANTKIT_NPM_DIR"
+    run "npm install ${npm_pins[*]}" timeout 600 npm install --prefix "$INVARIANTKIT_NPM_DIR" \
+        --no-audit --no-fund --save-exact --loglevel=error "${npm_pins[@]}"
+    echo "${npm_pins[*]}" >"$INVARIANTKIT_NPM_DIR/.pins"
+fi
 
 # --- lint, types, docs ---------------------------------------------------------------------
 if [[ "${SKIP_LINT:-0}" != 1 ]]; then

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 import invariantkit as ik
 from invariantkit import billing
@@ -30,7 +30,7 @@ from invariantkit.alerts import alertmanager_config, grafana_dashboards, prometh
 from invariantkit.alerts._grafana import panel_queries
 from invariantkit.testing import capture_signals
 from support.receivers import WebhookCall, WebhookReceiver
-from support.servers import Alertmanager, Prometheus, wait_until
+from support.servers import Alertmanager, Prometheus, serve_metrics, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -86,18 +86,6 @@ def wait_delivered(
 def active(prom: Prometheus, alertname: str) -> list[dict[str, Any]]:
     """Pending or firing alerts named ``alertname`` in Prometheus."""
     return [a for a in prom.alerts() if a["labels"].get("alertname") == alertname]
-
-
-@contextlib.contextmanager
-def serve_metrics(registry: CollectorRegistry) -> Iterator[int]:
-    """Expose ``registry`` on 127.0.0.1 (what a service using invariantkit does)."""
-    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
-    try:
-        yield server.server_port
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 @contextlib.contextmanager

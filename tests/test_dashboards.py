@@ -3,9 +3,14 @@ panel described, in Grafana's dashboard model (their queries run in test_alerts_
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
+import os
 import re
+import shutil
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,12 +21,6 @@ from invariantkit.alerts import grafana_dashboards, playbooks
 from invariantkit.alerts._grafana import GRAFANA_VARIABLES, SCHEMA_VERSION, panel_queries
 from support.catalogs import with_guarantees
 
-GUIDE_FIELDS = (
-    "what_it_shows",
-    "what_normal_looks_like",
-    "what_action_to_take",
-    "related_playbook",
-)
 SECTIONS = ("**What it shows:**", "**What normal looks like:**", "**What to do:**", "**Playbook:**")
 
 
@@ -42,6 +41,16 @@ def boards() -> dict[str, dict[str, Any]]:
 
 def data_panels(board: dict[str, Any]) -> list[dict[str, Any]]:
     return [p for p in board["panels"] if p["type"] not in ("row", "text")]
+
+
+def board_meta(board: dict[str, Any]) -> dict[str, str]:
+    """The guide's owner, purpose and updated, read back from the fields Grafana keeps."""
+    tags = dict(t.split(":", 1) for t in board["tags"] if ":" in t)
+    return {
+        "owner": "@" + tags["owner"],
+        "purpose": board["description"].split(". Owner: ")[0],
+        "updated": tags["updated"],
+    }
 
 
 def titles(board: dict[str, Any]) -> list[str]:
@@ -73,6 +82,8 @@ class TestGrafanaModel:
                 "prometheus",
             )
             assert json.loads(json.dumps(board)) == board
+            # A valid value: Grafana's default data source until the user picks one.
+            assert var["current"] == {"selected": False, "text": "default", "value": "default"}
 
     def test_every_query_uses_the_datasource_variable(
         self, boards: dict[str, dict[str, Any]]
@@ -111,11 +122,11 @@ class TestGuideRequirements:
     """Dashboard Requirements: metadata and a description on every panel."""
 
     def test_metadata_where_grafana_shows_it(self, boards: dict[str, dict[str, Any]]) -> None:
-        """owner, purpose, updated: in the description, the tags, the header panel and the
-        documented ``invariantkit`` key."""
+        """owner, purpose, updated: in the description, the tags and the header panel, fields
+        Grafana keeps."""
         for board in boards.values():
-            meta = board["invariantkit"]
-            assert set(meta) == {"owner", "purpose", "updated"}
+            meta = board_meta(board)
+            assert "invariantkit" not in board  # Grafana drops unknown keys on save
             assert meta["updated"] == "2024-01-15"
             for value in meta.values():
                 assert value in board["description"]
@@ -124,7 +135,7 @@ class TestGuideRequirements:
             assert header["type"] == "text"
             for value in meta.values():
                 assert value in header["options"]["content"]
-        assert boards["billing-health-overview"]["invariantkit"]["owner"] == "@billing-team"
+        assert board_meta(boards["billing-health-overview"])["owner"] == "@billing-team"
 
     def test_every_panel_is_described(self, boards: dict[str, dict[str, Any]]) -> None:
         """What it shows, what normal looks like, what to do, and a playbook link."""
@@ -134,10 +145,9 @@ class TestGuideRequirements:
                 positions = [description.index(s) for s in SECTIONS]
                 assert positions == sorted(positions), panel["title"]
                 assert re.search(r"\*\*Playbook:\*\* \[[^\]]+\]\([^)\s]+\)", description)
-                fields = panel["invariantkit"]
-                assert set(fields) == set(GUIDE_FIELDS)
-                assert all(fields[f].strip() for f in GUIDE_FIELDS), panel["title"]
-                assert fields["related_playbook"] in description
+                assert "invariantkit" not in panel
+                [link] = panel["links"]
+                assert link["url"] in description
 
     def test_playbook_links_point_at_generated_playbooks(
         self, boards: dict[str, dict[str, Any]]
@@ -146,7 +156,7 @@ class TestGuideRequirements:
         books = playbooks(guide_catalog())
         for board in boards.values():
             for panel in data_panels(board):
-                link = panel["invariantkit"]["related_playbook"]
+                link = panel["links"][0]["url"]
                 assert link.startswith("playbooks/"), link
                 assert link.removeprefix("playbooks/") in books, link
             for link in board["links"]:
@@ -209,7 +219,7 @@ class TestGuideRequirements:
         duration = next(p for p in board["panels"] if p["title"] == "Run duration")
         steps = duration["fieldConfig"]["defaults"]["thresholds"]["steps"]
         assert steps[-1]["value"] == 300
-        assert board["invariantkit"]["owner"] == "@billing-team"
+        assert board_meta(board)["owner"] == "@billing-team"
 
     def test_no_cron_declared(self) -> None:
         """Cron Job Health says so instead of showing empty panels."""
@@ -218,7 +228,7 @@ class TestGuideRequirements:
             "About this dashboard",
             "No cron jobs declared",
         ]
-        assert board["invariantkit"]["owner"] == "@platform-team"
+        assert board_meta(board)["owner"] == "@platform-team"
 
     def test_options(self) -> None:
         """Owners, the date and the playbook base URL are configurable; a date object works."""
@@ -229,21 +239,102 @@ class TestGuideRequirements:
             updated=dt.date(2025, 3, 1),
             runbook_base_url="https://runbooks.example.com/",
         )
-        assert boards["billing-invariant-monitor"]["invariantkit"] == {
+        assert board_meta(boards["billing-invariant-monitor"]) == {
             "owner": "@payments",
-            "purpose": boards["billing-invariant-monitor"]["invariantkit"]["purpose"],
+            "purpose": board_meta(boards["billing-invariant-monitor"])["purpose"],
             "updated": "2025-03-01",
         }
-        assert boards["cron-job-health"]["invariantkit"]["owner"] == "@sre"
+        assert board_meta(boards["cron-job-health"])["owner"] == "@sre"
         panel = data_panels(boards["billing-invariant-monitor"])[0]
-        assert panel["invariantkit"]["related_playbook"].startswith("https://runbooks.example.com/")
+        assert panel["links"][0]["url"].startswith("https://runbooks.example.com/")
 
     def test_updated_defaults_to_today(self) -> None:
         """Without a date, the generation date."""
         board = grafana_dashboards(Catalog())["billing-health-overview"]
-        assert board["invariantkit"]["updated"] == dt.date.today().isoformat()
+        assert board_meta(board)["updated"] == dt.date.today().isoformat()
 
     def test_bad_owner_fails_loudly(self) -> None:
         """An empty owner is rejected with the option's name."""
         with pytest.raises(ValueError, match="owner"):
             grafana_dashboards(Catalog(), owner=" ")
+
+
+# -- Grafana's published dashboard schema -------------------------------------------------------
+
+#: Where scripts/test.sh installs the pinned npm packages (@grafana/schema, typescript).
+NPM_DIR = Path(
+    os.environ.get("INVARIANTKIT_NPM_DIR", Path.home() / ".cache" / "invariantkit" / "npm")
+)
+PRELUDE = Path(__file__).parent / "support" / "grafana_schema_prelude.ts"
+
+
+def _typecheck(
+    tmp_path: Path, boards: dict[str, dict[str, Any]]
+) -> subprocess.CompletedProcess[str]:
+    """``tsc --noEmit --strict`` on a file assigning each board to Grafana's Dashboard type."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed: scripts/test.sh installs nodejs and npm")
+    tsc = NPM_DIR / "node_modules" / "typescript" / "bin" / "tsc"
+    if not tsc.exists() or not (NPM_DIR / "node_modules" / "@grafana" / "schema").exists():
+        pytest.fail(
+            f"@grafana/schema and typescript are not installed in {NPM_DIR}: run "
+            "`bash scripts/test.sh` (it installs the pinned versions) or set INVARIANTKIT_NPM_DIR",
+            pytrace=False,
+        )
+    (tmp_path / "node_modules").symlink_to(NPM_DIR / "node_modules")
+    source = PRELUDE.read_text()
+    for name, board in boards.items():
+        source += f"export const {name}: GrafanaDashboard = {json.dumps(board, indent=1)};\n"
+    (tmp_path / "dashboards.ts").write_text(source)
+    return subprocess.run(
+        [
+            node,
+            str(tsc),
+            "--noEmit",
+            "--strict",
+            "--module",
+            "nodenext",
+            "--moduleResolution",
+            "nodenext",
+            "--skipLibCheck",
+            "dashboards.ts",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+class TestGrafanaSchema:
+    def test_every_dashboard_is_a_grafana_dashboard(
+        self, boards: dict[str, dict[str, Any]], tmp_path: Path
+    ) -> None:
+        """Each generated dashboard type-checks against @grafana/schema's Dashboard; the same
+        check rejects a custom key on the dashboard or a panel and an empty data source value."""
+        board = boards["billing-invariant-monitor"]
+        custom_key = {**copy.deepcopy(board), "invariantkit": {"owner": "@billing-team"}}
+        panel_key = copy.deepcopy(board)
+        panel_key["panels"][1]["invariantkit"] = {"what_it_shows": "x"}
+        no_current = copy.deepcopy(board)
+        no_current["templating"]["list"][0]["current"] = {}
+        checked = {name.replace("-", "_"): b for name, b in boards.items()}
+        bad = {"custom_key": custom_key, "panel_key": panel_key, "no_current": no_current}
+        result = _typecheck(tmp_path, {**checked, **bad})
+        errors = (result.stdout + result.stderr).strip().splitlines()
+        lines = (tmp_path / "dashboards.ts").read_text().splitlines()
+        starts = {
+            n: next(i for i, text in enumerate(lines, 1) if f"const {n}:" in text)
+            for n in {**checked, **bad}
+        }
+
+        def const_of(error: str) -> str:
+            found = re.match(r"dashboards\.ts\((\d+),", error)
+            assert found is not None, error
+            line = int(found[1])
+            return max((s, n) for n, s in starts.items() if s <= line)[1]
+
+        assert result.returncode != 0
+        assert {const_of(e) for e in errors if e.startswith("dashboards.ts(")} == set(bad), errors

@@ -14,22 +14,12 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from invariantkit._demo import run_demo
-from invariantkit._demo._promql import (
-    PromQLError,
-    Rule,
-    evaluate_rule,
-    metric_names,
-    parse,
-    parse_duration,
-    rules_from_yaml,
-)
+from invariantkit._demo._promtool import evaluate, input_series, rules_from_yaml
 from invariantkit._demo._report import BACKENDS, DemoReport
 from invariantkit._demo._timeline import Timeline, key
-from support.servers import free_port, run_promtool, wait_until
+from support.servers import free_port, require_binary, wait_until
 
 SMALL = {"subscriptions": 30, "days": 10, "seed": 3}
 FAULT_KEYS = [
@@ -98,6 +88,7 @@ class TestInProcess:
         for key_, alert in EXPECTED_ALERTS.items():
             assert alert in _fault(report, key_).alerts
         firing = {a.rule.alert for a in report.alerts if a.fires}
+        assert report.as_dict()["evaluated_by"] == "promtool test rules"
         assert "InvariantTestAlert" not in firing
         assert "InvariantkitSinkErrors" not in firing
 
@@ -273,7 +264,7 @@ def test_serve_fires_the_alerts_in_a_real_prometheus_routed_by_team(
     assert all(a["labels"].get("team") == "billing" for a in webhook_receiver.alerts())
 
 
-# -- the PromQL evaluator -----------------------------------------------------------------------
+# -- promtool evaluates the rules ---------------------------------------------------------------
 
 
 class _Registry:
@@ -307,80 +298,55 @@ def _timeline(
 
 
 V = key("billing_invariant_violation_total", invariant="X", test="false", type="x")
+T0 = 1_700_000_000.0
+_PLAIN = "increase(billing_invariant_violation_total[5m]) > 0"
+_GUARDED = (
+    "sum by (invariant) (increase(billing_invariant_violation_total[5m])) > 0 or "
+    "sum by (invariant) (billing_invariant_violation_total unless "
+    "billing_invariant_violation_total offset 5m) > 0"
+)
 
 
-class TestPromQL:
-    def test_durations(self) -> None:
-        assert parse_duration("5m") == 300
-        assert parse_duration("1h30m") == 5400
-        assert parse_duration("0s") == 0
-        with pytest.raises(PromQLError):
-            parse_duration("5 minutes")
+def _rules(**alerts: str) -> str:
+    rules = [
+        {"alert": name, "expr": expr, "labels": {"severity": "critical"}}
+        for name, expr in alerts.items()
+    ]
+    return yaml.safe_dump({"groups": [{"name": "g", "rules": rules}]})
 
-    def test_unsupported_is_an_error_not_a_guess(self) -> None:
-        """An unsupported function or an invalid expression is reported, never guessed."""
-        empty = _timeline([(0, {})])
-        state = evaluate_rule(Rule("A", "histogram_quantile(0.9, rate(x[5m])) > 1"), empty, 0)
-        assert state.error is not None
-        assert "histogram_quantile" in state.error
-        assert not state.fires
-        assert evaluate_rule(Rule("B", "up{"), empty, 0).error is not None
-        with pytest.raises(PromQLError):
-            parse("x offset")
 
-    def test_metric_names(self) -> None:
-        node = parse('absent(a) or (time() - max(b{x="1"})) > 3 and sum by (k) (rate(c[5m]))')
-        assert metric_names(node) == {"a", "b", "c"}
-
-    def test_increase_sees_the_first_violation_of_a_counter_born_at_zero(self) -> None:
-        timeline = _timeline([(0, {V: 0}), (60, {V: 0}), (120, {V: 1}), (900, {V: 1})])
-        state = evaluate_rule(
-            Rule("A", "increase(billing_invariant_violation_total[5m]) > 0"), timeline, 900
-        )
-        assert [when for when, _, _ in state.fired] == [120]
-        assert state.firing_at_end == []
-
+class TestPromtool:
     def test_a_counter_born_at_one_needs_the_unless_offset_form(self) -> None:
-        """The design's trap: plain increase() never sees a series that appears at 1."""
-        timeline = _timeline([(0, {}), (60, {V: 1}), (600, {V: 1})])
-        plain = evaluate_rule(
-            Rule("A", "increase(billing_invariant_violation_total[5m]) > 0"), timeline, 600
-        )
-        assert not plain.fires
-        guarded = evaluate_rule(
-            Rule(
-                "B",
-                "sum by (invariant) (increase(billing_invariant_violation_total[5m])) > 0 or "
-                "sum by (invariant) (billing_invariant_violation_total unless "
-                "billing_invariant_violation_total offset 5m) > 0",
-            ),
-            timeline,
-            600,
-        )
-        assert [dict(labels) for _, labels, _ in guarded.fired] == [{"invariant": "X"}]
+        """promtool's engine on our timeline: plain increase() never sees a series that appears
+        at 1; the generated rule's ``unless ... offset`` clause fires, at the time it appeared."""
+        require_binary("promtool")
+        timeline = _timeline([(T0, {}), (T0 + 600, {V: 1}), (T0 + 3600, {V: 1})])
+        states = {
+            s.rule.alert: s
+            for s in evaluate(_rules(Plain=_PLAIN, Guarded=_GUARDED), timeline, T0, T0 + 3600)
+        }
+        assert not states["Plain"].fires
+        assert states["Guarded"].fired == [(T0 + 600, (("invariant", "X"),))]
+        assert states["Guarded"].firing_at_end == []
 
-    def test_for_needs_the_condition_to_hold_that_long(self) -> None:
-        gauge = key("cron_job_last_status")
-        short = _timeline([(0, {gauge: 1}), (60, {gauge: 0}), (120, {gauge: 1}), (900, {gauge: 1})])
-        held = _timeline([(0, {gauge: 1}), (60, {gauge: 0}), (900, {gauge: 0})])
-        rule = Rule("F", "cron_job_last_status != 1", for_=300)
-        assert not evaluate_rule(rule, short, 900).fires
-        fired = evaluate_rule(rule, held, 900)
-        assert [when for when, _, _ in fired.fired] == [360]
-        assert fired.firing_at_end == [()]
-
-    def test_absent_and_time(self) -> None:
+    def test_timestamps_shift_to_the_start_and_gaps_stay_gaps(self) -> None:
+        """Series start at promtool's time 0; Unix-time gauges move with them; before a series
+        exists promtool sees no sample (``_``), and runs of one value are compressed."""
         ts = key("cron_job_last_run_timestamp")
-        timeline = _timeline([(0, {}), (1000, {ts: 1.0}), (5000, {ts: 1.0})])
-        rule = Rule(
-            "M",
-            "absent(cron_job_last_run_timestamp) or (time() - max(cron_job_last_run_timestamp)) > 3000",
-            for_=60,
+        timeline = _timeline([(T0, {V: 0}), (T0 + 120, {V: 0, ts: T0 + 120})])
+        series = {s["series"]: s["values"] for s in input_series(timeline, T0, T0 + 600)}
+        assert series["cron_job_last_run_timestamp"] == "_x2 120x8"
+        assert (
+            series['billing_invariant_violation_total{invariant="X",test="false",type="x"}']
+            == "0x10"
         )
-        state = evaluate_rule(rule, timeline, 5000)
-        when = [w for w, _, _ in state.fired]
-        assert when[0] == 60  # absent from the start, for one minute
-        assert any(w > 4000 for w in when[1:]) or state.firing_at_end
+
+    def test_a_rule_file_promtool_rejects_is_an_error(self) -> None:
+        """promtool's own message comes back, nothing is guessed."""
+        require_binary("promtool")
+        timeline = _timeline([(T0, {V: 0})])
+        with pytest.raises(ValueError, match="promtool"):
+            evaluate(_rules(Bad="rate(x[5m]"), timeline, T0, T0 + 600)
 
     def test_rules_from_yaml_skips_recording_rules(self) -> None:
         text = (
@@ -388,110 +354,20 @@ class TestPromQL:
             "  - alert: A\n    expr: up == 0\n    for: 2m\n    labels: {team: t, severity: warning}\n"
         )
         (rule,) = rules_from_yaml(text)
-        assert (rule.alert, rule.for_, rule.labels["team"]) == ("A", 120, "t")
+        assert (rule.alert, rule.labels["team"]) == ("A", "t")
 
-
-# Prometheus itself decides: for random counter and gauge histories, the alerts this evaluator
-# says fire (and when) are exactly the ones promtool's rule engine fires.
-_RULES = {
-    "groups": [
-        {
-            "name": "g",
-            "rules": [
-                {
-                    "alert": "First",
-                    "expr": "sum by (invariant) (increase(v_total[5m])) > 0 or sum by (invariant) "
-                    "(v_total unless v_total offset 5m) > 0",
-                    "for": "0m",
-                },
-                {"alert": "Down", "expr": "g != 1", "for": "2m"},
-                {"alert": "Missing", "expr": "absent(g)", "for": "1m"},
-            ],
-        }
-    ]
-}
-
-
-@settings(
-    max_examples=15,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(
-    counter=st.lists(st.integers(0, 3), min_size=12, max_size=12),
-    counter_born=st.integers(0, 12),
-    gauge=st.lists(st.sampled_from([0, 1]), min_size=12, max_size=12),
-    gauge_born=st.integers(0, 12),
-)
-def test_the_evaluator_agrees_with_promtool(
-    tmp_path_factory: Any, counter: list[int], counter_born: int, gauge: list[int], gauge_born: int
-) -> None:
-    """Minute by minute over 12 minutes: a counter (no series before ``counter_born``, then
-    increments) and a gauge (absent before ``gauge_born``) give the same firing alerts here and
-    in promtool's rule engine, minute by minute."""
-    running = 0
-    c_values: list[str] = []
-    g_values: list[str] = []
-    points = []
-    for minute in range(12):
-        values: dict[Any, float] = {}
-        if minute >= counter_born:
-            running += counter[minute]
-            values[key("v_total", invariant="X")] = running
-            c_values.append(str(running))
-        else:
-            c_values.append("_")
-        if minute >= gauge_born:
-            values[key("g")] = gauge[minute]
-            g_values.append(str(gauge[minute]))
-        else:
-            g_values.append("_")
-        points.append((minute * 60.0, values))
-    timeline = _timeline(points)
-    end = 11 * 60.0
-    tests = []
-    for rule in rules_from_yaml(yaml.safe_dump(_RULES)):
-        state = evaluate_rule(rule, timeline, end)
-        for minute in range(12):
-            t = minute * 60.0
-            firing = _firing_at(rule, timeline, t)
-            tests.append(
-                {
-                    "eval_time": f"{minute}m",
-                    "alertname": rule.alert,
-                    "exp_alerts": [{"exp_labels": dict(labels)} for labels in firing],
-                }
-            )
-        assert state.error is None
-    directory = tmp_path_factory.mktemp("promtool")
-    (directory / "rules.yml").write_text(yaml.safe_dump(_RULES))
-    (directory / "tests.yml").write_text(
-        yaml.safe_dump(
-            {
-                "rule_files": ["rules.yml"],
-                "evaluation_interval": "1m",
-                "tests": [
-                    {
-                        "interval": "1m",
-                        "input_series": [
-                            {"series": 'v_total{invariant="X"}', "values": " ".join(c_values)},
-                            {"series": "g", "values": " ".join(g_values)},
-                        ],
-                        "alert_rule_test": tests,
-                    }
-                ],
-            }
-        )
-    )
-    result = run_promtool("test", "rules", str(directory / "tests.yml"))
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
-def _firing_at(rule: Rule, timeline: Timeline, t: float) -> list[tuple[tuple[str, str], ...]]:
-    """The series of ``rule`` firing at ``t``."""
-    state = evaluate_rule(rule, timeline, t, until=t)
-    assert state.error is None
-    return state.firing_at_end
+    def test_without_promtool_the_demo_says_how_and_still_checks_every_backend(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """No promtool on PATH: the report names the Debian package, every backend cell is
+        still checked, and no alert is claimed."""
+        monkeypatch.setenv("PATH", "/nonexistent")
+        report = run_demo(subscriptions=20, days=7, seed=5, environ={})
+        assert report.rules_error is not None
+        assert "apt-get install prometheus" in report.rules_error
+        assert all(cell.caught for f in report.faults for cell in f.cells.values())
+        assert report.alerts == []
+        assert report.as_dict()["evaluated_by"] is None
 
 
 def test_demo_command_runs_as_a_module(tmp_path: Path) -> None:

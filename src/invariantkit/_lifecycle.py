@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
 __all__ = [
+    "LIFECYCLE_EVENTS",
     "RENEWAL_FAILURE_REASONS",
     "HealthCollector",
     "register_health",
@@ -26,46 +27,16 @@ __all__ = [
     "subscription_started",
 ]
 
-logger = logging.getLogger("invariantkit")
-
-#: The guide's PostHog event names, one per lifecycle step.
-SUBSCRIPTION_STARTED = "subscription_started"
-RENEWAL_SUCCESS = "subscription_renewal_success"
-RENEWAL_FAILED = "subscription_renewal_failed"
-SUBSCRIPTION_CANCELED = "subscription_canceled"
-LIFECYCLE_EVENTS: tuple[str, ...] = (
-    SUBSCRIPTION_STARTED,
-    RENEWAL_SUCCESS,
+from invariantkit._semconv import (
+    LIFECYCLE_EVENTS,
     RENEWAL_FAILED,
+    RENEWAL_FAILURE_REASONS,
+    RENEWAL_SUCCESS,
     SUBSCRIPTION_CANCELED,
+    SUBSCRIPTION_STARTED,
 )
 
-RENEWAL_FAILURE_REASONS: frozenset[str] = frozenset(
-    {
-        "insufficient_funds",
-        "card_declined",
-        "card_expired",
-        "authentication_required",
-        "processing_error",
-        "provider_unavailable",
-        "fraud_suspected",
-        "invalid_payment_method",
-        "other",
-    }
-)
-"""Failure reasons kept as ``billing_renewal_failures_total{reason}`` label values; any other
-reason is counted as ``other`` (the PostHog event still carries the exact reason).
-
-Example:
-    >>> from invariantkit import billing
-    >>> "insufficient_funds" in billing.RENEWAL_FAILURE_REASONS
-    True
-"""
-
-
-def failure_reason_label(reason: str) -> str:
-    """The bounded ``reason`` label value for ``reason``."""
-    return reason if reason in RENEWAL_FAILURE_REASONS else "other"
+logger = logging.getLogger("invariantkit")
 
 
 def _send(event: str, subscription_id: str, properties: dict[str, Any]) -> None:

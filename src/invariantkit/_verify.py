@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from invariantkit import _semconv as sc
 from invariantkit._catalog import Catalog, get_catalog
 from invariantkit.sinks._registry import build as build_sink
 
@@ -33,7 +34,6 @@ __all__ = [
     "fire_test_alerts",
     "render_checks",
     "render_fired",
-    "route_alert",
     "run_checks",
 ]
 
@@ -179,7 +179,7 @@ def _check_alerts_configured(catalog: Catalog, art: _Artifacts) -> list[Check]:
         rules = [
             r["alert"]
             for r, e in zip(art.rules, exprs, strict=True)
-            if "billing_invariant_violation_total" in e
+            if sc.VIOLATIONS.name in e
             and _mentions(e, name)
             and str((r.get("labels") or {}).get("severity")) != "test"
         ]
@@ -211,24 +211,20 @@ def _check_alerts_configured(catalog: Catalog, art: _Artifacts) -> list[Check]:
         )
     problems = []
     for name in sorted(catalog.crons):
-        for suffix, what in (
-            ("last_run_timestamp", "missing"),
-            ("last_status", "failed"),
-            ("duration_seconds", "slow"),
+        for gauge, what in (
+            (sc.CRON_LAST_RUN, "missing"),
+            (sc.CRON_LAST_STATUS, "failed"),
+            (sc.CRON_DURATION, "slow"),
         ):
-            if not any(f"cron_{name}_{suffix}" in e for e in exprs):
-                problems.append(f"cron {name} has no '{what}' alert (cron_{name}_{suffix})")
+            if not any(gauge.name(name) in e for e in exprs):
+                problems.append(f"cron {name} has no '{what}' alert ({gauge.name(name)})")
     for name in sorted(catalog.constraints):
-        if not any("pg_constraint_exists" in e and _mentions(e, name) for e in exprs):
+        if not any(sc.CONSTRAINT_EXISTS.name in e and _mentions(e, name) for e in exprs):
             problems.append(f"constraint {name} has no alert rule")
-    if not any("billing_idempotent_retry_total" in e for e in exprs) and catalog.idempotent:
-        problems.append(
-            "no ExcessiveIdempotentRetries-style rule on billing_idempotent_retry_total"
-        )
-    if not any("invariantkit_sink_errors_total" in e for e in exprs):
-        problems.append(
-            "no rule on invariantkit_sink_errors_total (a failing backend goes unnoticed)"
-        )
+    if not any(sc.RETRIES.name in e for e in exprs) and catalog.idempotent:
+        problems.append(f"no ExcessiveIdempotentRetries-style rule on {sc.RETRIES.name}")
+    if not any(sc.SINK_ERRORS.name in e for e in exprs):
+        problems.append(f"no rule on {sc.SINK_ERRORS.name} (a failing backend goes unnoticed)")
     checks.append(
         _check(
             "alerts.health",
@@ -261,71 +257,6 @@ def _check_teams(art: _Artifacts) -> Check:
 
 
 # -- Alertmanager routing -----------------------------------------------------------------------
-
-_MATCHER = re.compile(
-    r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(?:"((?:[^"\\]|\\.)*)"|([^,\s}]*))\s*'
-)
-
-
-def _parse_matchers(route: Mapping[str, Any]) -> list[tuple[str, str, str]]:
-    out: list[tuple[str, str, str]] = []
-    for name, value in (route.get("match") or {}).items():
-        out.append((str(name), "=", str(value)))
-    for name, value in (route.get("match_re") or {}).items():
-        out.append((str(name), "=~", str(value)))
-    for text in route.get("matchers") or []:
-        for part in re.split(r",(?=(?:[^\"]*\"[^\"]*\")*[^\"]*$)", str(text).strip("{} ")):
-            if not part.strip():
-                continue
-            m = _MATCHER.fullmatch(part)
-            if m is None:
-                raise ValueError(f"cannot parse the matcher {part!r}")
-            value = m.group(3) if m.group(3) is not None else (m.group(4) or "")
-            out.append((m.group(1), m.group(2), value.replace('\\"', '"')))
-    return out
-
-
-def _matches(route: Mapping[str, Any], labels: Mapping[str, str]) -> bool:
-    for name, op, value in _parse_matchers(route):
-        actual = labels.get(name, "")
-        if op == "=":
-            ok = actual == value
-        elif op == "!=":
-            ok = actual != value
-        else:
-            hit = re.fullmatch(value, actual) is not None
-            ok = hit if op == "=~" else not hit
-        if not ok:
-            return False
-    return True
-
-
-def route_alert(config: Mapping[str, Any], labels: Mapping[str, str]) -> list[str]:
-    """The receivers an alert with ``labels`` reaches in an Alertmanager ``config`` (the routing
-    tree as Alertmanager walks it: first matching child unless ``continue``, receivers
-    inherited from the parent).
-
-    Example:
-        >>> cfg = {"route": {"receiver": "default", "routes": [
-        ...     {"receiver": "billing-pager", "matchers": ['team="billing"']}]}}
-        >>> route_alert(cfg, {"team": "billing", "severity": "critical"})
-        ['billing-pager']
-        >>> route_alert(cfg, {"team": "growth"})
-        ['default']
-    """
-
-    def walk(route: Mapping[str, Any], inherited: str) -> list[str]:
-        receiver = str(route.get("receiver") or inherited)
-        found: list[str] = []
-        for child in route.get("routes") or []:
-            if _matches(child, labels):
-                found.extend(walk(child, receiver))
-                if not child.get("continue", False):
-                    break
-        return found or [receiver]
-
-    root = config.get("route") or {}
-    return walk(root, str(root.get("receiver") or ""))
 
 
 def _integrations(receiver: Mapping[str, Any]) -> list[str]:
@@ -389,7 +320,14 @@ def _check_routing(art: _Artifacts, path: Path | None, amtool: str | None) -> Ch
             for r in art.rules
         }
     )
-    how = "amtool config routes test" if amtool else "the routing tree (amtool not installed)"
+    if not amtool:
+        return Check(
+            "alerts.routing",
+            item,
+            "warn",
+            f"routing not tested: amtool not found (install the Debian package "
+            f"prometheus-alertmanager; {len(pairs)} team/severity pair(s) to route)",
+        )
     problems: list[str] = []
     warnings: list[str] = []
     details: list[str] = []
@@ -397,8 +335,8 @@ def _check_routing(art: _Artifacts, path: Path | None, amtool: str | None) -> Ch
     for team, severity in pairs:
         labels = {"team": team, "severity": severity}
         try:
-            names = _amtool_route(amtool, path, labels) if amtool else route_alert(config, labels)
-        except (ValueError, OSError, subprocess.TimeoutExpired, re.error) as exc:
+            names = _amtool_route(amtool, path, labels)
+        except (ValueError, OSError, subprocess.TimeoutExpired) as exc:
             problems.append(f"team={team} severity={severity}: routing failed: {exc}")
             continue
         silent = [n for n in names if not _integrations(receivers.get(n, {}))]
@@ -426,7 +364,7 @@ def _check_routing(art: _Artifacts, path: Path | None, amtool: str | None) -> Ch
         "alerts.routing",
         item,
         problems,
-        f"{len(pairs)} team/severity pair(s) route to a receiver ({how})",
+        f"{len(pairs)} team/severity pair(s) route to a receiver (amtool config routes test)",
         details=details,
     )
 
@@ -560,9 +498,6 @@ def _find_owner(board: Mapping[str, Any]) -> str | None:
     for key in ("owner",):
         if board.get(key):
             return str(board[key])
-    meta = board.get("invariantkit") or board.get("metadata") or {}
-    if isinstance(meta, Mapping) and meta.get("owner"):
-        return str(meta["owner"])
     for tag in board.get("tags") or []:
         if str(tag).lower().startswith("owner:"):
             return str(tag).split(":", 1)[1]
@@ -753,7 +688,7 @@ def _check_correlation() -> list[Check]:
             for family in signals.registry.collect():
                 for sample in family.samples:
                     if (
-                        sample.name == "billing_invariant_violation_total"
+                        sample.name == sc.VIOLATIONS.name
                         and sample.labels.get("invariant") == probe.name
                         and sample.exemplar is not None
                     ):

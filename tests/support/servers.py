@@ -27,7 +27,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
@@ -55,6 +55,7 @@ __all__ = [
     "require_binary",
     "run_amtool",
     "run_promtool",
+    "serve_metrics",
     "wait_until",
 ]
 
@@ -108,6 +109,21 @@ def require_binary(name: str) -> str:
             pytrace=False,
         )
     return path
+
+
+@contextlib.contextmanager
+def serve_metrics(registry: Any) -> Iterator[int]:
+    """Expose a prometheus-client ``registry`` on 127.0.0.1 (what a service using invariantkit
+    does); yields the port, stops the server on exit."""
+    from prometheus_client import start_http_server
+
+    server, thread = start_http_server(0, addr="127.0.0.1", registry=registry)
+    try:
+        yield server.server_port
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
 
 
 def wait_until(

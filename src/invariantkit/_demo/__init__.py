@@ -3,8 +3,8 @@
 The service (:mod:`._service`) runs on SQLite; the simulation (:mod:`._simulation`) drives N
 subscriptions through D days and injects six faults; the pipelines (:mod:`._pipeline`) are the
 real SDKs, kept in process or sent to real backends; the report (:mod:`._report`) checks that each
-fault reached each backend with one correlation id, and evaluates the generated alert rules on
-the simulated timeline (:mod:`._promql`).
+fault reached each backend with one correlation id; promtool (Prometheus's own rule engine)
+evaluates the generated alert rules on the simulated timeline (:mod:`._promtool`).
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ def run_demo(
     rules: str | None = None,
     storm_retries: int | None = None,
     keep_pipeline: list[Any] | None = None,
+    promtool: str | None = None,
 ) -> DemoReport:
     """Run the demo and return its report; global state is restored before returning.
 
@@ -87,9 +88,17 @@ def run_demo(
             ``rate > 10/s for 5m``).
         keep_pipeline: when a list is given, the pipeline is appended to it and left open (the
             caller closes it); used by ``--serve`` to keep the metrics.
+        promtool: the promtool binary that evaluates the rules (default: ``promtool`` on PATH;
+            without it the report says how to get it and still checks every backend).
     """
     from invariantkit._demo._pipeline import open_pipeline
-    from invariantkit._demo._promql import Rule, evaluate_rule, metric_names, parse, rules_from_yaml
+    from invariantkit._demo._promtool import (
+        AlertState,
+        PromtoolUnavailable,
+        evaluate,
+        metric_names,
+        rules_from_yaml,
+    )
     from invariantkit._demo._report import build_report
     from invariantkit._demo._service import declare
     from invariantkit._demo._simulation import STORM_RETRIES, Simulation
@@ -101,18 +110,12 @@ def run_demo(
     rules_error = None
     if rules is None:
         rules, rules_error = generated_rules()
-    parsed: list[Rule] = []
+    names: set[str] = set()
     if rules is not None:
         try:
-            parsed = rules_from_yaml(rules)
+            names = metric_names(rules_from_yaml(rules))
         except Exception as exc:
-            rules_error = f"the rule file is not valid: {exc}"
-    names: set[str] = set()
-    for rule in parsed:
-        try:
-            names |= metric_names(parse(rule.expr))
-        except Exception:  # reported when the rule is evaluated
-            pass
+            rules, rules_error = None, f"the rule file is not valid: {exc}"
     pipeline = open_pipeline(
         seed=None if real else seed, environ=env, log_file=log_file, registry=registry
     )
@@ -128,7 +131,14 @@ def run_demo(
             metric_names=names,
         )
         result = sim.run()
-        states = [evaluate_rule(rule, result.timeline, result.end) for rule in parsed]
+        states: list[AlertState] = []
+        if rules is not None:
+            if progress is not None:
+                progress(days, days, "promtool evaluates the alert rules")
+            try:
+                states = evaluate(rules, result.timeline, result.start, result.end, promtool)
+            except (PromtoolUnavailable, ValueError) as exc:
+                rules_error = str(exc)
         pipeline.flush(10.0)
         report = build_report(pipeline, result, states, rules_error, time.perf_counter() - started)
     except BaseException:

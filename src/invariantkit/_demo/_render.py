@@ -116,7 +116,10 @@ def render(report: DemoReport, console: Any) -> None:
 
     alerts = Table(
         box=box.SIMPLE,
-        title="Alerts the generated rules would fire (evaluated on the simulated timeline)",
+        title=(
+            "Alerts the generated rules fire on the simulated timeline "
+            "(evaluated by promtool, Prometheus's own rule engine)"
+        ),
         title_justify="left",
     )
     alerts.add_column("Alert", overflow="fold")
@@ -142,7 +145,7 @@ def render(report: DemoReport, console: Any) -> None:
             continue
         if not state.fires:
             continue
-        when, series, value = state.fired[0]
+        when, series = state.fired[0]
         why = ", ".join(f"{k}={v}" for k, v in series) or state.rule.annotations.get("summary", "")
         still = " [dim](still firing)[/]" if state.firing_at_end else ""
         alerts.add_row(
@@ -151,7 +154,7 @@ def render(report: DemoReport, console: Any) -> None:
             labels.get("team", ""),
             _when(report, when) + still,
             owners.get(state.rule.alert, "[dim]background[/]"),
-            f"{why} (value {value:g})",
+            why,
         )
     quiet = [s.rule.alert for s in report.alerts if not s.fires and not s.error]
     console.print(alerts)

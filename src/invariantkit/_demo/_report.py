@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from invariantkit._demo._pipeline import Pipeline
-from invariantkit._demo._promql import AlertState
+from invariantkit._demo._promtool import AlertState
 from invariantkit._demo._simulation import FaultRun, SimResult
 from invariantkit._demo._timeline import key
 
@@ -124,15 +124,15 @@ class DemoReport:
                             "at": _iso(when),
                             "day": int((when - self.sim.start) // 86400),
                             "labels": dict(labels),
-                            "value": value,
                         }
-                        for when, labels, value in a.fired
+                        for when, labels in a.fired
                     ],
                     "firing_at_end": [dict(labels) for labels in a.firing_at_end],
                 }
                 for a in self.alerts
             ],
             "rules_error": self.rules_error,
+            "evaluated_by": "promtool test rules" if self.rules_error is None else None,
         }
 
     def to_json(self) -> str:
@@ -394,7 +394,7 @@ def _fault_alerts(run: FaultRun, alerts: list[AlertState]) -> list[str]:
     names: list[str] = []
     for state in alerts:
         expr = state.rule.expr
-        for when, labels, _value in state.fired:
+        for when, labels in state.fired:
             if not (run.sim_time - 1 <= when <= run.sim_time + 86400):
                 continue
             lab = dict(labels)

@@ -8,20 +8,26 @@ import urllib.parse
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from invariantkit import _semconv as sc
 from invariantkit._catalog import Catalog, Constraint, CronDecl, Invariant, get_catalog
 
-# -- the metric names the library emits (DESIGN section 2; issue 11) -------------------------
+# -- the metric names the library emits: read from the one spec (invariantkit._semconv) ------
 
-VIOLATIONS = "billing_invariant_violation_total"
-OPERATIONS = "billing_operation_total"
-OPERATION_DURATION = "billing_operation_duration_seconds"
-OPERATION_ERRORS = "billing_operation_errors_total"
-RETRIES = "billing_idempotent_retry_total"
-CONSTRAINT_EXISTS = "pg_constraint_exists"
-SINK_ERRORS = "invariantkit_sink_errors_total"
-SINK_DROPPED = "invariantkit_sink_dropped_total"
-SUBSCRIPTION_EVENTS = "billing_subscription_events_total"
-RENEWAL_FAILURES = "billing_renewal_failures_total"
+VIOLATIONS = sc.VIOLATIONS.name
+OPERATIONS = sc.OPERATIONS.name
+OPERATION_DURATION = sc.OPERATION_DURATION.name
+OPERATION_ERRORS = sc.OPERATION_ERRORS.name
+RETRIES = sc.RETRIES.name
+CONSTRAINT_EXISTS = sc.CONSTRAINT_EXISTS.name
+SINK_ERRORS = sc.SINK_ERRORS.name
+SINK_DROPPED = sc.SINK_DROPPED.name
+SUBSCRIPTION_EVENTS = sc.SUBSCRIPTION_EVENTS.name
+RENEWAL_FAILURES = sc.RENEWAL_FAILURES.name
+CHECK_RUNS = sc.CHECK_RUNS.name
+CHECK_VIOLATING = sc.CHECK_VIOLATING.name
+CHECK_LAST_RUN = sc.CHECK_LAST_RUN.name
+CHECK_DURATION = sc.CHECK_DURATION.name
+# Metrics the application exports itself (billing.py documents them); dashboards read them.
 ACTIVE_SUBSCRIPTIONS = "billing_active_subscriptions"
 MRR = "billing_mrr"
 
@@ -31,7 +37,7 @@ EVENT_RENEWAL_SUCCESS = "subscription_renewal_success"
 EVENT_RENEWAL_FAILED = "subscription_renewal_failed"
 EVENT_CANCELED = "subscription_canceled"
 
-CRON_SUFFIXES = ("last_run_timestamp", "last_status", "duration_seconds", "processed")
+CRON_SUFFIXES = tuple(g.suffix for g in sc.CRON_GAUGES)
 
 #: The window of every "first increase" expression (the guide's ``[5m]``).
 WINDOW = "5m"
@@ -97,7 +103,8 @@ def check_team(owner: str, team: object) -> str:
 
 def cron_metric(decl: CronDecl, suffix: str) -> str:
     """``cron_<name>_<suffix>``, the guide's gauge names."""
-    return f"cron_{cron_name(decl)}_{suffix}"
+    [gauge] = [g for g in sc.CRON_GAUGES if g.suffix == suffix]
+    return gauge.name(cron_name(decl))
 
 
 def camel(name: str, fallback: str = "X") -> str:

@@ -53,13 +53,25 @@ class Doc:
             f"**Playbook:** [{self.playbook}]({self.playbook_url})"
         )
 
-    def fields(self) -> dict[str, str]:
-        return {
-            "what_it_shows": self.shows,
-            "what_normal_looks_like": self.normal,
-            "what_action_to_take": self.action,
-            "related_playbook": self.playbook_url,
-        }
+    def links(self) -> list[dict[str, Any]]:
+        """The panel's link to its playbook (Grafana's panel ``links``)."""
+        return [_link(f"Playbook: {self.playbook}", self.playbook_url)]
+
+
+def _link(title: str, url: str) -> dict[str, Any]:
+    """A Grafana link (dashboard or panel ``links``) to a playbook, opened in a new tab."""
+    return {
+        "title": title,
+        "type": "link",
+        "url": url,
+        "targetBlank": True,
+        "asDropdown": False,
+        "icon": "doc",
+        "includeVars": False,
+        "keepTime": False,
+        "tags": [],
+        "tooltip": "Playbook",
+    }
 
 
 class _Layout:
@@ -115,7 +127,7 @@ def _panel(
         "description": doc.markdown(),
         "datasource": dict(DATASOURCE),
         "targets": targets,
-        "invariantkit": doc.fields(),
+        "links": doc.links(),
     }
     panel.update(extra)
     return panel
@@ -240,7 +252,7 @@ def _dashboard(  # noqa: PLR0917 - private, one call per dashboard
         "uid": uid,
         "title": title,
         "description": (f"{meta['purpose']}. Owner: {meta['owner']}. Updated: {meta['updated']}."),
-        "tags": ["billing", "invariantkit", f"owner:{owner_tag}"],
+        "tags": ["billing", "invariantkit", f"owner:{owner_tag}", f"updated:{meta['updated']}"],
         "timezone": "browser",
         "editable": True,
         "graphTooltip": 1,
@@ -259,7 +271,8 @@ def _dashboard(  # noqa: PLR0917 - private, one call per dashboard
                     "label": "Data source",
                     "type": "datasource",
                     "query": "prometheus",
-                    "current": {},
+                    # Grafana's default Prometheus data source until the user picks one.
+                    "current": {"selected": False, "text": "default", "value": "default"},
                     "hide": 0,
                     "includeAll": False,
                     "multi": False,
@@ -284,25 +297,8 @@ def _dashboard(  # noqa: PLR0917 - private, one call per dashboard
                 *(annotations or []),
             ]
         },
-        "links": [
-            {
-                "title": t,
-                "type": "link",
-                "url": u,
-                "targetBlank": True,
-                "asDropdown": False,
-                "icon": "doc",
-                "includeVars": False,
-                "keepTime": False,
-                "tags": [],
-                "tooltip": "Playbook",
-            }
-            for t, u in links
-        ],
+        "links": [_link(t, u) for t, u in links],
         "panels": layout.panels,
-        # The guide's dashboard metadata, machine-readable (Grafana shows the description,
-        # the tags and the header panel; this key is for tools such as `invariantkit verify`).
-        "invariantkit": dict(meta),
     }
 
 
@@ -551,7 +547,8 @@ class _Builder:
                 ),
                 [
                     _target(
-                        f"sum by (invariant) (increase({real}[$__rate_interval]))", "{{invariant}}"
+                        f"sum by (invariant) {r.counted(real, '$__rate_interval')}",
+                        "{{invariant}}",
                     )
                 ],
                 bars=True,
@@ -657,7 +654,7 @@ class _Builder:
                     "Test alert",
                     self.playbook(c.PLAYBOOK_TEST),
                 ),
-                f"sum(increase({test}[$__range])) or vector(0)",
+                f"sum {r.counted(test, '$__range')} or vector(0)",
             ),
             8,
             6,
@@ -668,8 +665,13 @@ class _Builder:
             "enable": True,
             "hide": False,
             "iconColor": "red",
-            "expr": f"sum by (invariant) (increase({real}[1m])) > 0",
-            "step": "1m",
+            # The query in ``target`` (Grafana 10+); the formats are the Prometheus data
+            # source's own annotation fields.
+            "target": {
+                "refId": "Anno",
+                "expr": f"sum by (invariant) {r.counted(real, '1m')} > 0",
+                "interval": "1m",
+            },
             "titleFormat": "{{invariant}} violated",
             "textFormat": "Open the Sentry search for invariant:{{invariant}}",
             "useValueForTime": False,
@@ -697,7 +699,7 @@ class _Builder:
                 inv.name,
                 self.playbook(c.invariant_playbook(inv), inv.runbook_url),
             ),
-            f"sum(increase({sel}[$__range]))",
+            f"sum {r.counted(sel, '$__range')}",
             thresholds=RED_AT_ONE,
         )
 
@@ -846,11 +848,14 @@ def grafana_dashboards(
     constraints, invariantkit's own delivery, alert test runs) and ``cron-job-health`` (last
     run, status, duration and items processed per cron).
 
-    Each dashboard carries the guide's metadata (owner, purpose, updated) in its description,
-    its tags (``owner:...``), a header panel and the ``invariantkit`` key; every panel's
-    description says what it shows, what normal looks like, what to do, and links its playbook
-    (also under the panel's ``invariantkit`` key). Queries use the ``${datasource}`` variable
-    (a Prometheus data source) and Grafana's ``$__rate_interval`` and ``$__range``.
+    Each dashboard carries the guide's metadata (owner, purpose, updated) in fields Grafana
+    keeps: its ``description``, its ``tags`` (``owner:...``, ``updated:...``), its ``links``
+    (the playbooks) and a header panel; every panel's ``description`` says what it shows, what
+    normal looks like, what to do, and links its playbook, which is also the panel's ``links``
+    entry. Panels and the annotation that count violations include a process's first
+    violation even when it happened before Prometheus's first scrape (as the alert rules do).
+    Queries use the ``${datasource}`` variable (a Prometheus data source, Grafana's default
+    until one is picked) and Grafana's ``$__rate_interval`` and ``$__range``.
 
     Args:
         catalog: the declarations; default the process-wide catalog.
@@ -865,8 +870,8 @@ def grafana_dashboards(
         >>> import invariantkit as ik
         >>> from invariantkit.alerts import grafana_dashboards
         >>> boards = grafana_dashboards(ik.Catalog(), updated="2024-01-15")
-        >>> boards["billing-health-overview"]["invariantkit"]["owner"]
-        '@billing-team'
+        >>> [t for t in boards["billing-health-overview"]["tags"] if t.startswith("owner:")]
+        ['owner:billing-team']
     """
     cat = c.catalog_or_global(catalog)
     links = c.Links.make(runbook_base_url, sentry_url)
@@ -907,6 +912,7 @@ def panel_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
         for target in panel.get("targets", []):
             out.append((f"{panel['title']} [{target['refId']}]", target["expr"]))
     for annotation in dashboard.get("annotations", {}).get("list", []):
-        if "expr" in annotation:
-            out.append((f"annotation {annotation['name']}", annotation["expr"]))
+        expr = (annotation.get("target") or {}).get("expr")
+        if expr:
+            out.append((f"annotation {annotation['name']}", expr))
     return out

@@ -110,6 +110,15 @@ def first_increase(sel: str, by: str, window: str = c.WINDOW) -> str:
     )
 
 
+def counted(sel: str, window: str) -> str:
+    """How much counter ``sel`` grew within ``window``, per series, including the first value of
+    a series that appeared within it (the idea of :func:`first_increase`: a process that reported
+    before its first scrape shows its first violation). Series older than the window give their
+    ``increase()``; series born within it give their whole value (a counter starts at 0)."""
+    born = f"({sel} unless {sel} offset {window})"
+    return f"((increase({sel}[{window}]) unless {born}) or {born})"
+
+
 def _scoped(
     metric: str, label: str, op: str, names: tuple[str, ...], *extra: tuple[str, str, str]
 ) -> str:

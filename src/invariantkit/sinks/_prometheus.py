@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from invariantkit import _semconv as sc
+from invariantkit._semconv import DURATION_BUCKETS, LABEL_VALUE_CAP
 from invariantkit.sinks._base import Bound, SinkUnavailable
 
 if TYPE_CHECKING:
@@ -27,28 +29,10 @@ if TYPE_CHECKING:
 
     from invariantkit._record import Record
 
-__all__ = ["PrometheusMetrics"]
+__all__ = ["DURATION_BUCKETS", "LABEL_VALUE_CAP", "PrometheusMetrics"]
 
 logger = logging.getLogger("invariantkit")
 
-DURATION_BUCKETS = (
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    300.0,
-)
-#: Distinct values allowed per metric and label before new ones fold into "other".
-LABEL_VALUE_CAP = 100
 #: Bound on one Pushgateway push at the end of a cron run (seconds).
 PUSH_TIMEOUT = 2.0
 _OTHER = "\x00other"  # the folded operations' key: never a valid operation name
@@ -67,6 +51,10 @@ class _Families:
     sink_dropped: Counter
     subscription_events: Counter
     renewal_failures: Counter
+    check_runs: Counter
+    check_violating: Gauge
+    check_last_run: Gauge
+    check_duration: Gauge
     extra: dict[str, Any]
 
     def shared(self) -> list[Any]:
@@ -82,6 +70,10 @@ class _Families:
             self.sink_dropped,
             self.subscription_events,
             self.renewal_failures,
+            self.check_runs,
+            self.check_violating,
+            self.check_last_run,
+            self.check_duration,
         ]
 
     def crons(self) -> dict[str, _CronGauges]:
@@ -94,81 +86,46 @@ _FAMILIES: weakref.WeakKeyDictionary[CollectorRegistry, _Families] = weakref.Wea
 _FAMILIES_LOCK = threading.Lock()
 
 
-def _families(registry: CollectorRegistry) -> _Families:
-    """The invariantkit metric families of ``registry``, registered once per registry."""
+def _make(spec: sc.Metric, registry: CollectorRegistry | None) -> Any:
+    """The prometheus-client family of ``spec``; gauges use ``mostrecent`` in multiprocess mode
+    (the value the latest process set wins)."""
     from prometheus_client import Counter, Gauge, Histogram
 
+    if spec.kind == "counter":
+        return Counter(spec.name, spec.help, spec.labels, registry=registry)
+    if spec.kind == "histogram":
+        return Histogram(
+            spec.name, spec.help, spec.labels, buckets=DURATION_BUCKETS, registry=registry
+        )
+    return Gauge(
+        spec.name, spec.help, spec.labels, registry=registry, multiprocess_mode="mostrecent"
+    )
+
+
+def _families(registry: CollectorRegistry) -> _Families:
+    """The invariantkit metric families of ``registry``, registered once per registry."""
     with _FAMILIES_LOCK:
         fams = _FAMILIES.get(registry)
         if fams is None:
             fams = _Families(
-                operation_total=Counter(
-                    "billing_operation_total",
-                    "Billing operations by outcome (success or failure).",
-                    ["operation", "outcome"],
-                    registry=registry,
-                ),
-                operation_duration=Histogram(
-                    "billing_operation_duration_seconds",
-                    "Duration of billing operations.",
-                    ["operation", "outcome"],
-                    buckets=DURATION_BUCKETS,
-                    registry=registry,
-                ),
-                operation_errors=Counter(
-                    "billing_operation_errors_total",
-                    "Failed billing operations by exception class.",
-                    ["operation", "error_type"],
-                    registry=registry,
-                ),
-                violations=Counter(
-                    "billing_invariant_violation_total",
-                    "Invariant violations detected in production (should stay 0).",
-                    ["type", "invariant", "test"],
-                    registry=registry,
-                ),
-                retries=Counter(
-                    "billing_idempotent_retry_total",
-                    "Idempotent writes that hit their unique constraint (expected retries).",
-                    ["operation"],
-                    registry=registry,
-                ),
-                constraint_exists=Gauge(
-                    "pg_constraint_exists",
-                    "1 when the database constraint or unique index exists, 0 when missing.",
-                    ["constraint"],
-                    registry=registry,
-                    multiprocess_mode="mostrecent",
-                ),
-                sink_errors=Counter(
-                    "invariantkit_sink_errors_total",
-                    "Exceptions raised by an invariantkit sink (its signal was lost).",
-                    ["sink"],
-                    registry=registry,
-                ),
-                sink_dropped=Counter(
-                    "invariantkit_sink_dropped_total",
-                    "Signals a sink or its SDK dropped, by reason (queue_full, shutdown, "
-                    "sdk_queue_full, error, sampled).",
-                    ["sink", "reason"],
-                    registry=registry,
-                ),
-                subscription_events=Counter(
-                    "billing_subscription_events_total",
-                    "Subscription lifecycle events (started, renewed, renewal failed, canceled).",
-                    ["event"],
-                    registry=registry,
-                ),
-                renewal_failures=Counter(
-                    "billing_renewal_failures_total",
-                    "Failed renewals by reason (a bounded set; anything else is 'other').",
-                    ["reason"],
-                    registry=registry,
-                ),
+                operation_total=_make(sc.OPERATIONS, registry),
+                operation_duration=_make(sc.OPERATION_DURATION, registry),
+                operation_errors=_make(sc.OPERATION_ERRORS, registry),
+                violations=_make(sc.VIOLATIONS, registry),
+                retries=_make(sc.RETRIES, registry),
+                constraint_exists=_make(sc.CONSTRAINT_EXISTS, registry),
+                sink_errors=_make(sc.SINK_ERRORS, registry),
+                sink_dropped=_make(sc.SINK_DROPPED, registry),
+                subscription_events=_make(sc.SUBSCRIPTION_EVENTS, registry),
+                renewal_failures=_make(sc.RENEWAL_FAILURES, registry),
+                check_runs=_make(sc.CHECK_RUNS, registry),
+                check_violating=_make(sc.CHECK_VIOLATING, registry),
+                check_last_run=_make(sc.CHECK_LAST_RUN, registry),
+                check_duration=_make(sc.CHECK_DURATION, registry),
                 extra={},
             )
             # Spike alerts use increase(): every series must exist at zero before its first event.
-            from invariantkit._lifecycle import LIFECYCLE_EVENTS, RENEWAL_FAILURE_REASONS
+            from invariantkit._semconv import LIFECYCLE_EVENTS, RENEWAL_FAILURE_REASONS
 
             for event in LIFECYCLE_EVENTS:
                 fams.subscription_events.labels(event)
@@ -199,33 +156,11 @@ def _cron_gauges(fams: _Families, registry: CollectorRegistry, name: str) -> _Cr
     process that merely imported the job would fire the Missing and Failed alerts. In
     multiprocess mode they use ``mostrecent``: the latest run wins, even from an exited worker.
     """
-    from prometheus_client import Gauge
-
     key = "cron:" + name
     with _FAMILIES_LOCK:
         gauges: _CronGauges | None = fams.extra.get(key)
         if gauges is None:
-            prefix = f"cron_{name}_"
-
-            def gauge(suffix: str, doc: str) -> Gauge:
-                return Gauge(
-                    prefix + suffix, doc, registry=registry, multiprocess_mode="mostrecent"
-                )
-
-            gauges = _CronGauges(
-                last_run_timestamp=gauge(
-                    "last_run_timestamp", f"Unix time (seconds) the {name} cron job last ended."
-                ),
-                last_status=gauge(
-                    "last_status", f"1 if the last run of the {name} cron job succeeded, 0 if not."
-                ),
-                duration_seconds=gauge(
-                    "duration_seconds", f"Duration of the last run of the {name} cron job."
-                ),
-                processed=gauge(
-                    "processed", f"Items processed by the last run of the {name} cron job."
-                ),
-            )
+            gauges = _CronGauges(*(_make(spec, registry) for spec in sc.cron_gauges(name)))
             fams.extra[key] = gauges
         return gauges
 
@@ -366,6 +301,11 @@ class PrometheusMetrics(Bound):
             self._violation_child(decl, test=False)
         elif kind == "idempotent":
             self._retry_child(decl.name)
+        elif kind == "check":
+            # Only the run counter: a last-run gauge at 0 from a process that merely declared
+            # the check would read as "never ran" beside the process that runs it.
+            for outcome in sc.CHECK_OUTCOMES:
+                self.families.check_runs.labels(decl.name, outcome)
 
     def _op_children(self, name: str) -> _OpChildren:
         """The pre-bound children of operation ``name``; past LABEL_VALUE_CAP operations (names
@@ -428,6 +368,10 @@ class PrometheusMetrics(Bound):
                 ops.ok_count.inc()
                 ops.ok_hist.observe(duration)
                 return
+            if record.status == "cancelled":  # not a failure: no error counter
+                self.families.operation_total.labels(ops.label, "cancelled").inc()
+                self.families.operation_duration.labels(ops.label, "cancelled").observe(duration)
+                return
             ops.fail_count.inc()
             ops.fail_hist.observe(duration)
             error_type = (
@@ -459,6 +403,8 @@ class PrometheusMetrics(Bound):
                 self.families.constraint_exists.labels(record.name).set(
                     1 if record.status == "present" else 0
                 )
+        elif kind == "check":
+            self._check_ran(record)
         elif kind == "declare":
             decl = record.declaration
             if decl is None:
@@ -478,20 +424,26 @@ class PrometheusMetrics(Bound):
                 record.name, record.attributes.get("reason", "error")
             ).inc(record.attributes.get("count", 1))
 
-    def _lifecycle_event(self, record: Record) -> None:
-        from invariantkit._lifecycle import (
-            LIFECYCLE_EVENTS,
-            RENEWAL_FAILED,
-            failure_reason_label,
-        )
+    def _check_ran(self, record: Record) -> None:
+        """An at-rest check run: its outcome counted; the gauges describe the last run (the
+        violating count and the last-run time only when the query itself succeeded)."""
+        fams = self.families
+        name = record.name
+        outcome = record.status if record.status in sc.CHECK_OUTCOMES else "error"
+        fams.check_runs.labels(name, outcome).inc()
+        fams.check_duration.labels(name).set(record.duration or 0.0)
+        if outcome != "error":
+            fams.check_violating.labels(name).set(attribute_number(record, "violating_entities"))
+            fams.check_last_run.labels(name).set(record.timestamp)
 
-        if record.name not in LIFECYCLE_EVENTS:
-            return  # other product events are PostHog's business, not a metric
-        self.families.subscription_events.labels(record.name).inc()
-        if record.name == RENEWAL_FAILED:
-            reason = record.attributes.get("failureReason")
-            label = failure_reason_label(reason if isinstance(reason, str) else "other")
-            self.families.renewal_failures.labels(label).inc()
+    def _lifecycle_event(self, record: Record) -> None:
+        labels = lifecycle_labels(record)
+        if labels is None:
+            return
+        event, reason = labels
+        self.families.subscription_events.labels(event).inc()
+        if reason is not None:
+            self.families.renewal_failures.labels(reason).inc()
 
     # -- cron runs ------------------------------------------------------------------------------
 
@@ -500,14 +452,7 @@ class PrometheusMetrics(Bound):
         gauges.last_run_timestamp.set(record.timestamp)
         gauges.last_status.set(1 if record.status == "ok" else 0)
         gauges.duration_seconds.set(record.duration or 0.0)
-        processed = record.attributes.get("processed", 0)
-        if (
-            isinstance(processed, bool)
-            or not isinstance(processed, (int, float))
-            or not math.isfinite(processed)
-        ):
-            processed = 0
-        gauges.processed.set(processed)
+        gauges.processed.set(attribute_number(record, "processed"))
         if self.pushgateway is not None or self.textfile is not None:
             # The network (and the disk) wait on a worker, never on the job's thread; flush(),
             # shutdown() and the exit drain wait for it within their bound.
@@ -609,6 +554,28 @@ class PrometheusMetrics(Bound):
 
     def shutdown(self, timeout: float) -> bool:
         return True if self._io is None else bool(self._io.stop(timeout))
+
+
+def lifecycle_labels(record: Record) -> tuple[str, str | None] | None:
+    """The ``event`` label of a product event that is a subscription lifecycle event, and the
+    bounded ``reason`` label when it is a failed renewal; None for other product events (those
+    are PostHog's business, not a metric). Shared by both metric sinks."""
+    from invariantkit._semconv import LIFECYCLE_EVENTS, RENEWAL_FAILED, failure_reason_label
+
+    if record.name not in LIFECYCLE_EVENTS:
+        return None
+    if record.name != RENEWAL_FAILED:
+        return record.name, None
+    reason = record.attributes.get("failureReason")
+    return record.name, failure_reason_label(reason if isinstance(reason, str) else "other")
+
+
+def attribute_number(record: Record, key: str) -> float:
+    """``record.attributes[key]`` as a gauge value, 0 when missing or not a finite number."""
+    value = record.attributes.get(key, 0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return 0.0
+    return float(value)
 
 
 def _split_credentials(url: str | None) -> tuple[str, tuple[str, str] | None]:
