@@ -13,7 +13,10 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+if TYPE_CHECKING:
+    from invariantkit._checks import Check
 
 __all__ = [
     "Catalog",
@@ -308,7 +311,9 @@ class IdempotentDecl:
     kind: Literal["idempotent"] = field(default="idempotent", init=False, repr=False)
 
 
-Declaration: TypeAlias = "Invariant | OperationDecl | CronDecl | Constraint | IdempotentDecl"
+Declaration: TypeAlias = (
+    "Invariant | OperationDecl | CronDecl | Constraint | IdempotentDecl | Check"
+)
 
 
 class Catalog:
@@ -336,6 +341,7 @@ class Catalog:
         self.crons: dict[str, CronDecl] = {}
         self.constraints: dict[str, Constraint] = {}
         self.idempotent: dict[str, IdempotentDecl] = {}
+        self.checks: dict[str, Check] = {}  # at-rest checks (ik.Check)
         self._listeners: list[Callable[[Declaration], None]] = []
 
     def _table(self, decl: Declaration) -> dict[str, Any]:
@@ -345,6 +351,7 @@ class Catalog:
             "cron": self.crons,
             "constraint": self.constraints,
             "idempotent": self.idempotent,
+            "check": self.checks,
         }
         return tables[decl.kind]
 
@@ -375,6 +382,7 @@ class Catalog:
                 *self.crons.values(),
                 *self.constraints.values(),
                 *self.idempotent.values(),
+                *self.checks.values(),
             ]
         return iter(items)
 
@@ -387,6 +395,7 @@ class Catalog:
                 self.crons,
                 self.constraints,
                 self.idempotent,
+                self.checks,
             )
         )
 
@@ -399,6 +408,7 @@ class Catalog:
                 dict(self.crons),
                 dict(self.constraints),
                 dict(self.idempotent),
+                dict(self.checks),
             )
 
     def restore(self, snapshot: tuple[dict[str, Any], ...]) -> None:
@@ -410,6 +420,7 @@ class Catalog:
                 self.crons,
                 self.constraints,
                 self.idempotent,
+                self.checks,
             )
             for table, saved in zip(
                 tables,

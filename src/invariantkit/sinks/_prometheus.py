@@ -229,6 +229,60 @@ def _cron_gauges(fams: _Families, registry: CollectorRegistry, name: str) -> _Cr
         return gauges
 
 
+def _check_metrics(
+    fams: _Families, registry: CollectorRegistry, record: Record | None, declared: str = ""
+) -> None:
+    """At-rest checks (``ik.run_checks``): a ``check`` record is one run. Declared checks get
+    their ``invariant_check_runs_total`` children at zero (``increase()`` sees the first failure);
+    the gauges appear with the first run (a timestamp at 0 would read as stale). The last-run
+    timestamp and violating-entity gauge move only on runs that completed (not ``error``)."""
+    from prometheus_client import Counter, Gauge
+
+    with _FAMILIES_LOCK:
+        metrics = fams.extra.get("checks")
+        if metrics is None:
+            labels = ["check"]
+            metrics = fams.extra["checks"] = (
+                Counter(
+                    "invariant_check_runs_total",
+                    "At-rest check runs by outcome (ok, violations, error).",
+                    ["check", "outcome"],
+                    registry=registry,
+                ),
+                Gauge(
+                    "invariant_check_violating_entities",
+                    "Entities violating the check's invariant at its last completed run.",
+                    labels,
+                    registry=registry,
+                    multiprocess_mode="mostrecent",
+                ),
+                Gauge(
+                    "invariant_check_last_run_timestamp_seconds",
+                    "Unix time of the check's last completed run (ok or violations).",
+                    labels,
+                    registry=registry,
+                    multiprocess_mode="mostrecent",
+                ),
+                Gauge(
+                    "invariant_check_duration_seconds",
+                    "Duration of the check's last run.",
+                    labels,
+                    registry=registry,
+                    multiprocess_mode="mostrecent",
+                ),
+            )
+    runs, violating, last_run, duration = metrics
+    if record is None:
+        for outcome in ("ok", "violations", "error"):
+            runs.labels(declared, outcome)
+        return
+    runs.labels(record.name, record.status).inc()
+    duration.labels(record.name).set(record.duration or 0.0)
+    if record.status != "error":
+        violating.labels(record.name).set(record.attributes.get("violating_entities", 0))
+        last_run.labels(record.name).set(record.timestamp)
+
+
 class _View:
     """A collector exposing some of the sink's metric objects (what is pushed or written)."""
 
@@ -365,6 +419,8 @@ class PrometheusMetrics:
             self._violation_child(decl, test=False)
         elif kind == "idempotent":
             self._retry_child(decl.name)
+        elif kind == "check":
+            _check_metrics(self.families, self.registry, None, decl.name)
 
     def _op_children(self, name: str) -> _OpChildren:
         """The pre-bound children of operation ``name``; past LABEL_VALUE_CAP operations (names
@@ -453,6 +509,8 @@ class PrometheusMetrics:
         elif kind == "cron":
             if record.status in ("ok", "error"):
                 self._cron_ended(record)
+        elif kind == "check":
+            _check_metrics(self.families, self.registry, record)
         elif kind == "constraint":
             if record.status in ("present", "missing"):
                 self.families.constraint_exists.labels(record.name).set(
@@ -545,7 +603,8 @@ class PrometheusMetrics:
             from prometheus_client import pushadd_to_gateway
             from prometheus_client.exposition import basic_auth_handler, default_handler
 
-            view = _View([*self.families.shared(), *gauges.all()])
+            checks = self.families.extra.get("checks", ())
+            view = _View([*self.families.shared(), *checks, *gauges.all()])
             auth = self._push_auth
 
             def handler(

@@ -297,6 +297,10 @@ class Sentry:
                 if record.test
                 else ["invariantkit", record.name]
             )
+            if "entity_key" in record.attributes:  # an at-rest check: one issue per entity
+                from invariantkit._checks import sentry_fields
+
+                sentry_fields(record, kwargs)
             self._capture("capture_message", record.name, level, **kwargs)
         elif kind == "db_error":
             if record.exception is None:
