@@ -422,9 +422,11 @@ class Catalog:
                 self.idempotent,
                 self.checks,
             )
+            # A snapshot from before a table existed (five tables) empties the newer ones.
+            padded = (*snapshot, *({},) * (len(tables) - len(snapshot)))
             for table, saved in zip(
                 tables,
-                snapshot,
+                padded,
                 strict=True,
             ):
                 table.clear()

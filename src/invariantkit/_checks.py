@@ -40,7 +40,7 @@ from invariantkit._context import CORRELATION, new_span_id, new_trace_id
 from invariantkit._cron import _seconds
 from invariantkit._record import Record
 
-__all__ = ["STATE_TABLE", "Check", "CheckReport", "CheckResult", "run_checks"]
+__all__ = ["STATE_TABLE", "Check", "CheckReport", "CheckResult", "failed_runs", "run_checks"]
 
 logger = logging.getLogger("invariantkit")
 
@@ -812,12 +812,19 @@ def run_checks(
                 report.results.append(_run_one(check, conn_info))
     except Exception as exc:  # connecting (an Engine) failed: every check that did not run
         done = {r.check for r in report.results}
-        for check in selected:
-            if check.name not in done:
-                run = _Run(check)
-                run.finish(exc)
-                report.results.append(run.result)
+        report.results += failed_runs([c for c in selected if c.name not in done], exc)
     return report
+
+
+def failed_runs(checks: Iterable[Check], exc: Exception) -> list[CheckResult]:
+    """Report each check as a run with outcome ``error`` caused by ``exc`` (the database could
+    not be reached): its span, ``check`` record and log line, like any failed run."""
+    results = []
+    for check in checks:
+        run = _Run(check)
+        run.finish(exc)
+        results.append(run.result)
+    return results
 
 
 def _run_one(check: Check, conn_info: tuple[str, Any]) -> CheckResult:
