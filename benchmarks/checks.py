@@ -142,6 +142,7 @@ def _bare(conn: Any) -> None:
     cur.execute(SQL)
     rows = cur.fetchall()
     cur.close()
+    conn.rollback()  # psycopg opened a transaction: end it, as run_checks ends its own
     assert len(rows) == VIOLATING, len(rows)
 
 
@@ -195,10 +196,11 @@ def measure(name: str, conn: Any, rounds: int, profile: bool) -> dict[str, Any]:
                 assert ik.flush(timeout=60)
                 flush_wall.append(time.perf_counter() - start)
                 first_cpu.append(time.process_time() - cpu)
-    ratios = {
-        k: statistics.median(t / b for t, b in zip(times[k], times["bare"], strict=True))
+    per_round = {
+        k: sorted(t / b for t, b in zip(times[k], times["bare"], strict=True))
         for k in ("steady", "first")
     }
+    ratios = {k: statistics.median(v) for k, v in per_round.items()}
     out = {
         "database": name,
         "bare_s": statistics.median(times["bare"]),
@@ -206,6 +208,7 @@ def measure(name: str, conn: Any, rounds: int, profile: bool) -> dict[str, Any]:
         "first_s": statistics.median(times["first"]),
         "steady_ratio": ratios["steady"],
         "first_ratio": ratios["first"],
+        "spread": {k: (v[0], v[-1]) for k, v in per_round.items()},
         "first_cpu_s": statistics.median(first_cpu),
         "flush_wall_s": statistics.median(flush_wall),
     }
@@ -254,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['first_cpu_s'] * 1000:>15.0f}ms{r['flush_wall_s'] * 1000:>10.0f}ms"
         )
         ok = ok and max(r["steady_ratio"], r["first_ratio"]) < 2.0
+    for r in results:
+        spread = ", ".join(f"{k} {lo:.2f}x-{hi:.2f}x" for k, (lo, hi) in r["spread"].items())
+        print(f"per-round ratios, {r['database']}: {spread}")
     for r in results:
         if "profile" in r:
             print(f"\n-- profile of a first run, {r['database']} --\n{r['profile']}")

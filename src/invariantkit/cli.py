@@ -436,7 +436,7 @@ def demo(
     days: Annotated[
         int,
         typer.Option(
-            "--days", "-d", min=7, max=3650, help="Days to simulate (one per fault, at least)."
+            "--days", "-d", min=8, max=3650, help="Days to simulate (one per fault, at least)."
         ),
     ] = 30,
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same run.")] = 7,
