@@ -5,7 +5,7 @@ read-only transaction and the statement timeout, and the per-check metrics."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -13,6 +13,7 @@ import pytest
 import invariantkit as ik
 from invariantkit import billing
 from invariantkit.testing import Signals
+from test_constraints import _connect
 
 WRITER = "4bf92f3577b34da6a3ce929d0e0e4736"
 DOUBLE = (
@@ -297,24 +298,6 @@ class TestSqlite:
 # -- PostgreSQL 15 --------------------------------------------------------------------------------
 
 
-def _pg_connect(kind: str, dsn: str) -> tuple[Any, Callable[[], None]]:
-    if kind == "psycopg":
-        import psycopg
-
-        conn: Any = psycopg.connect(dsn, connect_timeout=5)
-        return conn, conn.close
-    if kind == "psycopg2":
-        import psycopg2
-
-        conn = psycopg2.connect(dsn, connect_timeout=5)
-        return conn, conn.close
-    import sqlalchemy
-
-    driver = kind.split("+")[1]
-    engine = sqlalchemy.create_engine(dsn.replace("postgresql://", f"postgresql+{driver}://"))
-    return engine, engine.dispose
-
-
 def _pg_writer(dsn: str) -> Any:
     import psycopg
 
@@ -331,7 +314,7 @@ class TestPostgres:
     def test_once_per_entity_and_resolution(self, signals: Signals, pg_dsn: str, kind: str) -> None:
         """Reported once across runs, resolved when gone, on every supported driver."""
         writer = _pg_writer(pg_dsn)
-        conn, close = _pg_connect(kind, pg_dsn)
+        conn, close = _connect(kind, pg_dsn)
         try:
             check = _double()
             _insert(writer, [("sub_1", "d1", WRITER), ("sub_1", "d1", None)], "%s")
@@ -361,7 +344,7 @@ class TestPostgres:
         writer = _pg_writer(pg_dsn)
         writer.execute("CREATE SEQUENCE s")
         writer.commit()
-        conn, close = _pg_connect(kind, pg_dsn)
+        conn, close = _connect(kind, pg_dsn)
         try:
             writes = _double(name="writes", sql="SELECT nextval('s') AS subscription_id")
             slow = _double(
