@@ -395,3 +395,14 @@ class TestPostgres:
         finally:
             engine.dispose()
         assert report["double_charges"].outcome == "error"
+
+
+def test_error_text_is_scrubbed(signals: Signals, db: sqlite3.Connection) -> None:
+    """A database error that quotes a value (an e-mail here) is scrubbed in the report."""
+    check = _double(name="leaky", sql='SELECT subscription_id FROM "alice@example.com"')
+    result = ik.run_checks(db, check)["leaky"]
+    assert result.outcome == "error"
+    assert "no such table" in (result.error or "")
+    assert "alice@example.com" not in (result.error or "")
+    (line,) = [x for x in signals.logs if x["event"] == "check.run"]
+    assert "alice@example.com" not in str(line)

@@ -654,10 +654,14 @@ class _Run:
         result = self.result
         result.duration = time.perf_counter() - self.start
         if exc is not None:
-            from invariantkit._safe import safe_str
+            from invariantkit._config import current_config
+            from invariantkit._safe import scrubbed_str
 
+            # A database error can quote row values: scrubbed like any text that leaves.
             result.outcome = "error"
-            result.error = f"{type(exc).__name__}: {safe_str(exc, 500)}"
+            result.error = (
+                f"{type(exc).__name__}: {scrubbed_str(exc, current_config().scrubber, 500)}"
+            )
         else:
             result.outcome = "violations" if result.violating else "ok"
         try:

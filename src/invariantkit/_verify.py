@@ -999,9 +999,9 @@ def _check_at_rest(catalog: Catalog, art: _Artifacts) -> list[Check]:
         return [Check("checks.at_rest", item, "fail", art.rules_error)]
     books = {Path(name).name for name in art.playbooks or {}}
     problems: list[str] = []
+    exprs = [(r, str(r.get("expr", ""))) for r in art.rules]
     for name in sorted(checks):
         check = checks[name]
-        exprs = [(r, str(r.get("expr", ""))) for r in art.rules]
         if not any(
             "invariant_check_last_run_timestamp_seconds" in e and _mentions(e, name)
             for _, e in exprs
