@@ -66,7 +66,7 @@ def _fault(report: DemoReport, key_: str) -> Any:
 
 class TestInProcess:
     def test_every_seeded_fault_is_caught_by_every_backend(self, report: DemoReport) -> None:
-        """All six faults ran, and every (fault, backend) cell did what the design says."""
+        """All seven faults ran, and every (fault, backend) cell did what the design says."""
         assert [f.run.spec.key for f in report.faults] == FAULT_KEYS
         for fault in report.faults:
             for backend in BACKENDS:
