@@ -129,9 +129,10 @@ def db() -> Iterator[sqlite3.Connection]:
 class TestSqlite:
     def test_each_check_finds_its_entities(self, signals: Any, db: sqlite3.Connection) -> None:
         """Every ready-made check finds exactly the violating entities, tagged by column name."""
-        report = ik.run_checks(db, _all_checks())
+        declared = _all_checks()
+        report = ik.run_checks(db, declared)
         _assert_found(signals, report)
-        assert ik.run_checks(db).new == 0
+        assert ik.run_checks(db, declared).new == 0
 
 
 class TestIdentifiers:
@@ -203,9 +204,10 @@ class TestPostgres:
         conn, close = _pg(pg_dsn)
         try:
             _load(conn, "%s")
-            report = ik.run_checks(conn, _all_checks())
+            declared = _all_checks()
+            report = ik.run_checks(conn, declared)
             _assert_found(signals, report)
-            assert ik.run_checks(conn).new == 0
+            assert ik.run_checks(conn, declared).new == 0
         finally:
             close()
 
