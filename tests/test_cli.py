@@ -303,7 +303,7 @@ class TestDemo:
         data = json.loads(out)
         assert data["ok"] is True
         assert data["seed"] == 9
-        assert len(data["faults"]) == 6
+        assert len(data["faults"]) == 7
 
     def test_tables(
         self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch

@@ -29,6 +29,7 @@ FAULT_KEYS = [
     "period_not_advanced",
     "cron_failure",
     "index_dropped",
+    "backdoor_write",
 ]
 EXPECTED_ALERTS = {
     "retry_storm": "ExcessiveIdempotentRetries",
@@ -37,6 +38,7 @@ EXPECTED_ALERTS = {
     "period_not_advanced": "PeriodMustAdvanceViolated",
     "cron_failure": "SubscriptionRenewalCronFailed",
     "index_dropped": "SubscriptionPaymentEventsIdempotencyIdxConstraintMissing",
+    "backdoor_write": "CanceledNeverChargedViolated",
 }
 # Backends that must stay silent for a fault, by design.
 SILENT = {("retry_storm", "sentry"), ("retry_storm", "posthog"), ("index_dropped", "posthog")}
@@ -54,7 +56,7 @@ def _fault(report: DemoReport, key_: str) -> Any:
 
 class TestInProcess:
     def test_every_seeded_fault_is_caught_by_every_backend(self, report: DemoReport) -> None:
-        """All six faults ran, and every (fault, backend) cell did what the design says."""
+        """All seven faults ran, and every (fault, backend) cell did what the design says."""
         assert [f.run.spec.key for f in report.faults] == FAULT_KEYS
         for fault in report.faults:
             for backend in BACKENDS:
@@ -91,6 +93,23 @@ class TestInProcess:
         assert report.as_dict()["evaluated_by"] == "promtool test rules"
         assert "InvariantTestAlert" not in firing
         assert "InvariantkitSinkErrors" not in firing
+
+    def test_the_backdoor_write_is_caught_at_rest_with_the_writers_trace(
+        self, report: DemoReport
+    ) -> None:
+        """Only the at-rest check sees the row the support script wrote, and its violation
+        carries the script's trace id."""
+        fault = _fault(report, "backdoor_write")
+        (writer,) = [
+            r
+            for r in fault.run.records
+            if r.kind == "operation" and r.name == "support_charge_backfill"
+        ]
+        (violation,) = [r for r in fault.run.records if r.kind == "violation"]
+        assert violation.attributes["check"] == "charges_on_canceled"
+        assert violation.attributes["writer_trace_id"] == writer.trace_id
+        assert violation.trace_id != writer.trace_id  # reported from the check's own run
+        assert writer.trace_id in fault.run.detail
 
     def test_the_retry_storm_never_reaches_sentry(self, report: DemoReport) -> None:
         """Expected retries are counted and logged, never sent to Sentry."""

@@ -16,6 +16,7 @@ Example:
 
 from invariantkit import sinks
 from invariantkit._catalog import Catalog, Constraint, Invariant, get_catalog
+from invariantkit._checks import Check, CheckReport, CheckResult, run_checks
 from invariantkit._config import Config, configure, flush, shutdown
 from invariantkit._constraints import verify_constraints
 from invariantkit._context import Binding, correlation_id, extract, identify, inject
@@ -39,6 +40,9 @@ __version__ = "0.1.0.dev0"
 __all__ = [
     "Binding",
     "Catalog",
+    "Check",
+    "CheckReport",
+    "CheckResult",
     "Config",
     "Constraint",
     "Cron",
@@ -68,6 +72,7 @@ __all__ = [
     "monitor_cron",
     "operation",
     "report_violation",
+    "run_checks",
     "shutdown",
     "sinks",
     "stats",

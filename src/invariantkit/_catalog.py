@@ -13,7 +13,10 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+if TYPE_CHECKING:
+    from invariantkit._checks import Check
 
 __all__ = [
     "Catalog",
@@ -308,7 +311,9 @@ class IdempotentDecl:
     kind: Literal["idempotent"] = field(default="idempotent", init=False, repr=False)
 
 
-Declaration: TypeAlias = "Invariant | OperationDecl | CronDecl | Constraint | IdempotentDecl"
+Declaration: TypeAlias = (
+    "Invariant | OperationDecl | CronDecl | Constraint | IdempotentDecl | Check"
+)
 
 
 #: Operations the catalog keeps. Names built at run time (an id inside the name) beyond it are
@@ -342,6 +347,7 @@ class Catalog:
         self.crons: dict[str, CronDecl] = {}
         self.constraints: dict[str, Constraint] = {}
         self.idempotent: dict[str, IdempotentDecl] = {}
+        self.checks: dict[str, Check] = {}  # at-rest checks (ik.Check)
         self._listeners: list[Callable[[Declaration], None]] = []
         #: Operations not kept because the catalog held ``OPERATION_LIMIT`` already.
         self.folded_operations = 0
@@ -353,6 +359,7 @@ class Catalog:
             "cron": self.crons,
             "constraint": self.constraints,
             "idempotent": self.idempotent,
+            "check": self.checks,
         }
         return tables[decl.kind]
 
@@ -393,6 +400,7 @@ class Catalog:
                 *self.crons.values(),
                 *self.constraints.values(),
                 *self.idempotent.values(),
+                *self.checks.values(),
             ]
         return iter(items)
 
@@ -405,6 +413,7 @@ class Catalog:
                 self.crons,
                 self.constraints,
                 self.idempotent,
+                self.checks,
             )
         )
 
@@ -417,6 +426,7 @@ class Catalog:
                 dict(self.crons),
                 dict(self.constraints),
                 dict(self.idempotent),
+                dict(self.checks),
             )
 
     def restore(self, snapshot: tuple[dict[str, Any], ...]) -> None:
@@ -428,10 +438,13 @@ class Catalog:
                 self.crons,
                 self.constraints,
                 self.idempotent,
+                self.checks,
             )
+            # A snapshot from before a table existed (five tables) empties the newer ones.
+            padded = (*snapshot, *({},) * (len(tables) - len(snapshot)))
             for table, saved in zip(
                 tables,
-                snapshot,
+                padded,
                 strict=True,
             ):
                 table.clear()

@@ -23,7 +23,7 @@ Kind = Literal[
     "db_error",  # an idempotent write failed for another database reason: status "error"
     "cron",  # a cron check-in: status "in_progress", "ok" or "error"
     "constraint",  # a constraint check: status "present" or "missing"
-    "check",  # an at-rest check ran: status "ok", "violations" or "error"
+    "check",  # an at-rest check ran: status "ok", "violations" or "error" (ik.run_checks)
     "sink_error",  # a sink raised: name is the sink's name (metrics sinks count it)
     "sink_dropped",  # a sink dropped signals: name is the sink, attributes["count"]
 ]

@@ -919,8 +919,49 @@ def run_checks(
         *_check_sampling(),
         *_check_correlation(),
         _check_constraints(catalog, dsn),
+        *_check_at_rest(catalog, art),
     ]
     return checks
+
+
+def _check_at_rest(catalog: Catalog, art: _Artifacts) -> list[Check]:
+    """Every at-rest check (ik.Check) has a staleness rule, and its invariant an alert with a
+    runbook: a check that stopped running, or whose findings page nobody, reads as all good."""
+    checks = getattr(catalog, "checks", {})
+    if not checks:
+        return []
+    item = "At-rest checks have a staleness alert and their invariants a runbook"
+    if art.rules_error is not None:
+        return [Check("checks.at_rest", item, "fail", art.rules_error)]
+    books = {Path(name).name for name in art.playbooks or {}}
+    problems: list[str] = []
+    exprs = [(r, str(r.get("expr", ""))) for r in art.rules]
+    for name in sorted(checks):
+        check = checks[name]
+        if not any(
+            "invariant_check_last_run_timestamp_seconds" in e and _mentions(e, name)
+            for _, e in exprs
+        ):
+            problems.append(f"check {name} has no staleness rule")
+        inv = check.invariant.name
+        if catalog.invariants.get(inv) is not check.invariant:
+            problems.append(f"check {name}: its invariant {inv} is not declared in the catalog")
+            continue
+        urls = [
+            str((r.get("annotations") or {}).get("runbook_url") or "")
+            for r, e in exprs
+            if "billing_invariant_violation_total" in e and _mentions(e, inv)
+        ]
+        if not any(u and (_is_url(u) or Path(u).name in books or Path(u).exists()) for u in urls):
+            problems.append(f"check {name}: invariant {inv} has no alert with a runbook")
+    return [
+        _check(
+            "checks.at_rest",
+            item,
+            problems,
+            f"{len(checks)} check(s), each with a staleness alert and a runbook",
+        )
+    ]
 
 
 _ICONS = {

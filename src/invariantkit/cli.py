@@ -436,7 +436,7 @@ def demo(
     days: Annotated[
         int,
         typer.Option(
-            "--days", "-d", min=7, max=3650, help="Days to simulate (one per fault, at least)."
+            "--days", "-d", min=8, max=3650, help="Days to simulate (one per fault, at least)."
         ),
     ] = 30,
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same run.")] = 7,
@@ -676,6 +676,57 @@ def verify(
         render_checks(checks, _console())
     if any(c.status == "fail" for c in checks):
         raise typer.Exit(EXIT_FAILED)
+
+
+# -- check --------------------------------------------------------------------------------------
+
+
+@app.command("check")
+def check(
+    *,
+    module: ModuleOption = None,
+    dsn: Annotated[
+        str | None,
+        typer.Option(
+            "--dsn",
+            help="The database to check: sqlite:///path or postgresql://...; default "
+            "$INVARIANTKIT_DSN.",
+            show_default=False,
+        ),
+    ] = None,
+    names: Annotated[
+        list[str] | None,
+        typer.Option("--check", help="Only this check (repeatable).", show_default=False),
+    ] = None,
+    pushgateway: Annotated[
+        str | None,
+        typer.Option(
+            "--pushgateway",
+            help="Push the run's metrics here; default $PROMETHEUS_PUSHGATEWAY.",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Run the declared at-rest checks (ik.Check) once, for a Kubernetes CronJob or cron: new
+    violating entities are reported through every sink, the state is kept in the database
+    (invariantkit_violations), and the run is reported like ik.monitor_cron (Sentry check-in,
+    Pushgateway push). Exit 0: nothing new; 1: new violations; 2: a check could not run."""
+    from invariantkit._check_cli import CheckCliError, render, run_cli
+
+    load_modules(module or [], require=False)  # run_cli says when no ik.Check is declared
+    target = dsn or os.environ.get("INVARIANTKIT_DSN")
+    if not target:
+        _fail("--dsn is required (or set INVARIANTKIT_DSN)")
+    try:
+        report = run_cli(target, names or (), pushgateway=pushgateway)
+    except CheckCliError as exc:
+        _fail(str(exc))
+    if as_json:
+        _write(_json(report.as_dict()), None, "check report")
+    else:
+        render(report, _console())
+    raise typer.Exit(report.exit_code)
 
 
 # -- fire-test-alert ----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """``invariantkit demo``: an embedded billing service with seeded faults, every backend on.
 
 The service (:mod:`._service`) runs on SQLite; the simulation (:mod:`._simulation`) drives N
-subscriptions through D days and injects six faults; the pipelines (:mod:`._pipeline`) are the
+subscriptions through D days and injects seven faults; the pipelines (:mod:`._pipeline`) are the
 real SDKs, kept in process or sent to real backends; the report (:mod:`._report`) checks that each
 fault reached each backend with one correlation id; promtool (Prometheus's own rule engine)
 evaluates the generated alert rules on the simulated timeline (:mod:`._promtool`).

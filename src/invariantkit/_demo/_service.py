@@ -27,6 +27,7 @@ from invariantkit._lifecycle import (
     subscription_started,
 )
 from invariantkit._operation import Operation
+from invariantkit.billing import checks
 
 __all__ = [
     "IDEMPOTENCY_INDEX",
@@ -53,7 +54,8 @@ CREATE TABLE subscriptions (
     status TEXT NOT NULL CHECK (status IN ('active', 'canceled')),
     current_period_end REAL NOT NULL,
     periods_completed INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    canceled_at REAL
 );
 CREATE TABLE subscription_payment_events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -63,7 +65,8 @@ CREATE TABLE subscription_payment_events (
     amount_cents INTEGER NOT NULL,
     charge_id TEXT NOT NULL,
     day INTEGER NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    trace_id TEXT  -- ik.correlation_id() of the operation that wrote the row
 );
 CREATE UNIQUE INDEX {IDEMPOTENCY_INDEX}
     ON subscription_payment_events (idempotency_key);
@@ -91,6 +94,7 @@ class Declared:
     renew: Operation
     webhook: Operation
     check_constraints: Operation
+    at_rest: ik.Check  # the nightly at-rest check: charges on canceled subscriptions
 
 
 _DECLARED: list[Declared] = []
@@ -115,6 +119,14 @@ def declare() -> Declared:
                 renew=ik.billing_operation("renewal", user_facing=True),
                 webhook=ik.billing_operation("payment_webhook"),
                 check_constraints=ik.billing_operation("verify_billing_constraints"),
+                at_rest=checks.charges_on_canceled(
+                    charges="subscription_payment_events",
+                    subscriptions="subscriptions",
+                    charge_id="charge_id",
+                    charged_at="created_at",
+                    trace_id="trace_id",
+                    every=DAY,
+                ),
             )
         )
     d = _DECLARED[0]
@@ -130,6 +142,7 @@ def declare() -> Declared:
             op.decl
             for op in (d.subscribe, d.cancel, d.charge, d.renew, d.webhook, d.check_constraints)
         ),
+        d.at_rest,
     ]
     for decl in decls:
         catalog.add(decl)
@@ -300,7 +313,8 @@ class BillingService:
         """Cancel a subscription; it is never charged again."""
         sub = self.get(subscription_id)
         self.conn.execute(
-            "UPDATE subscriptions SET status = 'canceled' WHERE id = ?", (subscription_id,)
+            "UPDATE subscriptions SET status = 'canceled', canceled_at = ? WHERE id = ?",
+            (self.clock(), subscription_id),
         )
         subscription_canceled(
             subscription_id, reason=reason, periods_completed=sub.periods_completed
@@ -316,8 +330,17 @@ class BillingService:
         with ik.idempotent_write("record_payment_event", key=key) as write:
             self.conn.execute(
                 "INSERT INTO subscription_payment_events (subscription_id, idempotency_key, kind, "
-                "amount_cents, charge_id, day, created_at) VALUES (?, ?, 'charge', ?, ?, ?, ?)",
-                (subscription_id, key, amount_cents, charge_id, self._day(), self.clock()),
+                "amount_cents, charge_id, day, created_at, trace_id) "
+                "VALUES (?, ?, 'charge', ?, ?, ?, ?, ?)",
+                (
+                    subscription_id,
+                    key,
+                    amount_cents,
+                    charge_id,
+                    self._day(),
+                    self.clock(),
+                    ik.correlation_id(),  # links a bad row found at rest to this trace
+                ),
             )
         return not write.duplicate
 
@@ -384,6 +407,11 @@ class BillingService:
     def _check_constraints(self) -> dict[str, bool]:
         """The start-up (and daily) check that the idempotency index still exists."""
         return ik.verify_constraints(self.conn, [IDEMPOTENCY_INDEX])
+
+    def check_at_rest(self) -> ik.CheckReport:
+        """The nightly at-rest check (``invariantkit check`` in production): finds what was
+        written behind the service's back, each bad row reported once."""
+        return ik.run_checks(self.conn, [declare().at_rest])
 
     def renewal_cron(self) -> tuple[int, int]:
         """Renew every due subscription; returns (renewed, failed). Raises when the provider is

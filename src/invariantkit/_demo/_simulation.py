@@ -88,7 +88,17 @@ FAULTS: tuple[FaultSpec, ...] = (
         "A migration drops the unique index; the start-up constraint check after the deploy "
         "catches it.",
     ),
+    FaultSpec(
+        "backdoor_write",
+        "Charge written behind the application's back",
+        "CANCELED_NEVER_CHARGED",
+        "A support script inserts a charge for a canceled subscription straight into the "
+        "database: no runtime check sees it; the nightly at-rest check finds the row, with the "
+        "trace id of the script that wrote it.",
+    ),
 )
+#: Faults injected outside the renewal run.
+_OFF_CRON = ("retry_storm", "index_dropped", "backdoor_write")
 FAULT_KEYS = tuple(f.key for f in FAULTS)
 
 
@@ -154,8 +164,10 @@ class Simulation:
     ) -> None:
         if subscriptions < 10:
             raise ValueError("subscriptions must be at least 10")
-        if days < 7:
-            raise ValueError("days must be at least 7 (one day for each seeded fault)")
+        if days < len(FAULTS) + 1:
+            raise ValueError(
+                f"days must be at least {len(FAULTS) + 1} (one day for each seeded fault)"
+            )
         self.pipeline = pipeline
         self.n = subscriptions
         self.days = days
@@ -342,6 +354,44 @@ class Simulation:
             lambda r: r.kind == "constraint" and r.name == spec.signal and r.status == "missing",
         )
 
+    def _backdoor_write(self, spec: FaultSpec, day: int) -> None:
+        self._at(day, 15)
+        sub_id = self.rng.choice(self.service.active_ids())
+        self._cancel(sub_id, "user_requested")
+        self._at(day, 16)
+        run, mark = self._begin(spec, day)
+        run.subscription_id = sub_id
+
+        # A support script, its own unit of work: it writes the charge row directly, with the
+        # trace id of its run (as the service does), and checks nothing.
+        def backfill() -> str:
+            with ik.operation("support_charge_backfill", domain="support") as op:
+                self.service.conn.execute(
+                    "INSERT INTO subscription_payment_events (subscription_id, idempotency_key, "
+                    "kind, amount_cents, charge_id, day, created_at, trace_id) "
+                    "VALUES (?, ?, 'charge', 500, ?, ?, ?, ?)",
+                    (
+                        sub_id,
+                        f"backfill:{sub_id}",
+                        f"ch_backfill_{sub_id}",
+                        day,
+                        self.clock.t,
+                        ik.correlation_id(),
+                    ),
+                )
+                return op.correlation_id
+
+        writer = contextvars.Context().run(backfill)
+        self._at(day, 23)
+        found = self.service.check_at_rest()
+        result = next(iter(found))
+        run.detail = (
+            f"a charge for canceled {sub_id} written by the support script (trace {writer}); "
+            f"the at-rest check {result.check} found {result.new} new row(s) and linked it to "
+            "that trace (Sentry tag writer_trace_id)"
+        )
+        self._end(run, mark, lambda r: r.kind == "violation" and r.name == spec.signal)
+
     # -- the run --------------------------------------------------------------------------------
 
     def run(self) -> SimResult:
@@ -353,7 +403,7 @@ class Simulation:
         for day in range(self.days):
             self.progress(day, total, f"day {day + 1}/{self.days}")
             todays = {spec.key: spec for spec in self.plan.get(day, [])}
-            cron_faults = [k for k in todays if k not in ("retry_storm", "index_dropped")]
+            cron_faults = [k for k in todays if k not in _OFF_CRON]
             self._at(day, CRON_HOURS)
             if cron_faults:
                 self._cron_fault(todays[cron_faults[0]], day)
@@ -361,6 +411,7 @@ class Simulation:
                     self._cron_fault(todays[key], day)
             else:
                 self._cron()
+            self.service.check_at_rest()  # the nightly at-rest check, after the renewal run
             self.timeline.take(self.clock.t)
             if day == 0:  # the launch: everyone signs up during the first day
                 for i in range(self.n):
@@ -383,6 +434,9 @@ class Simulation:
                 self.timeline.take(self.clock.t)
             if "index_dropped" in todays:
                 self._index_dropped(todays["index_dropped"], day)
+                self.timeline.take(self.clock.t)
+            if "backdoor_write" in todays:
+                self._backdoor_write(todays["backdoor_write"], day)
                 self.timeline.take(self.clock.t)
         self.progress(total, total, "done")
         self._at(self.days, 0)

@@ -522,6 +522,8 @@ class _Builder:
     # -- Billing Invariant Monitor --------------------------------------------------------------
 
     def invariants(self) -> dict[str, Any]:
+        from invariantkit.alerts._checks import dashboard_panels
+
         invs = c.invariants(self.catalog)
         layout = _Layout()
         links = [
@@ -531,6 +533,9 @@ class _Builder:
         layout.add(_header(self.meta[INVARIANTS], links), 24, 4)
         for inv in invs:
             layout.add(self.invariant_stat(inv), 6, 5)
+        layout.newline()
+        for panel, w, h in dashboard_panels(self.catalog, self.playbook):  # at-rest checks
+            layout.add(panel, w, h)
         layout.newline()
         real = c.selector(c.VIOLATIONS, [("test", "!=", "true")])
         index = self.playbook(c.PLAYBOOK_INDEX)

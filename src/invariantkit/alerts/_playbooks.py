@@ -573,6 +573,8 @@ def playbooks(
         >>> books["no-double-charge.md"].splitlines()[0]
         '# Playbook: Double Charge Detected'
     """
+    from invariantkit.alerts._checks import check_playbooks
+
     cat = c.catalog_or_global(catalog)
     settings = r.RuleSettings.make(
         runbook_base_url=runbook_base_url,
@@ -593,6 +595,7 @@ def playbooks(
     for con in c.constraints(cat):
         rule = next(x for x in rules if x.kind == "constraint" and x.subject is con)
         out[c.constraint_playbook(con)] = _constraint(con, rule).markdown()
+    out.update(check_playbooks(cat, rules))
     out.update(_others(rules, links))
     out[c.PLAYBOOK_INDEX] = _index(out, rules)
     return out

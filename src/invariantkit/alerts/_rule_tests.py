@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 from invariantkit._catalog import Catalog, Constraint, CronDecl, Invariant
+from invariantkit.alerts import _checks
 from invariantkit.alerts import _common as c
 from invariantkit.alerts import _rules as r
 
@@ -113,6 +114,7 @@ class _Builder:
             series.append(_series(c.CONSTRAINT_EXISTS, {"constraint": con.name}, "1x15"))
         series.append(_series(c.SINK_ERRORS, {"sink": "sentry"}, "0x15"))
         series.append(_series(c.SINK_DROPPED, {"sink": "sentry"}, "0x15"))
+        series += _checks.healthy_series(self.catalog, _series)
         names = sorted({rule.alert for rule in self.rules})
         tests: list[dict[str, Any]] = [
             {"eval_time": t, "alertname": name, "exp_alerts": []}
@@ -365,6 +367,7 @@ class _Builder:
         for con in c.constraints(self.catalog):
             self.constraint(con)
         self.sinks()
+        self.groups += _checks.rule_test_groups(self, _series, _check, _expect)
         return self.groups
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from invariantkit._catalog import Catalog, Constraint, CronDecl, Invariant
 from invariantkit.alerts import _common as c
+
+if TYPE_CHECKING:
+    from invariantkit._checks import Check
 
 __all__ = ["AlertRule", "RuleSettings", "build_rules", "prometheus_rules"]
 
@@ -85,7 +88,7 @@ class AlertRule:
     annotations: dict[str, str]
     kind: str
     playbook: str
-    subject: Invariant | CronDecl | Constraint | None = None
+    subject: Invariant | CronDecl | Constraint | Check | None = None
     scope: tuple[str, tuple[str, ...]] = ("!~", ())
 
     def to_dict(self) -> dict[str, Any]:
@@ -143,7 +146,7 @@ def _rule(
     for_: str = "0m",
     runbook_url: str | None = None,
     sentry_query: str | None = None,
-    subject: Invariant | CronDecl | Constraint | None = None,
+    subject: Invariant | CronDecl | Constraint | Check | None = None,
     scope: tuple[str, tuple[str, ...]] = ("!~", ()),
 ) -> AlertRule:
     """One rule with the labels and annotations every rule carries: ``severity`` and ``team``;
@@ -448,6 +451,8 @@ def _sink_rules(s: RuleSettings) -> list[AlertRule]:
 
 def build_rules(catalog: Catalog, settings: RuleSettings) -> list[AlertRule]:
     """Every rule for ``catalog``, in file order. Raises ``ValueError`` on clashing names."""
+    from invariantkit.alerts._checks import check_rules
+
     invs = c.invariants(catalog)
     rules: list[AlertRule] = [_invariant_rule(inv, settings) for inv in invs]
     rules += _retry_rules(catalog, settings)
@@ -455,6 +460,7 @@ def build_rules(catalog: Catalog, settings: RuleSettings) -> list[AlertRule]:
     for decl in c.crons(catalog):
         rules += _cron_rules(decl, settings)
     rules += [_constraint_rule(d, settings) for d in c.constraints(catalog)]
+    rules += check_rules(catalog, settings)  # at-rest checks: <Check>Stale, <Check>Failing
     rules += _sink_rules(settings)
     rules += _test_rules(invs, settings)
     _check_unique(rules)

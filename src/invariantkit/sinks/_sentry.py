@@ -305,6 +305,8 @@ class Sentry(Bound):
                 if record.test
                 else ["invariantkit", record.name]
             )
+            if "entity_key" in record.attributes:  # an at-rest check: one issue per entity
+                _check_fields(record, kwargs)
             self._capture("capture_message", record.name, level, **kwargs)
         elif kind == "db_error":
             if record.exception is None:
@@ -405,3 +407,24 @@ def first_report(exc: BaseException) -> bool:
     except Exception:
         pass  # an exception type with __slots__: report it every time rather than never
     return True
+
+
+def _check_fields(record: Record, kwargs: dict[str, Any]) -> None:
+    """A violation found by an at-rest check (``ik.run_checks``): the fingerprint names the check
+    and the entity (one entity, one Sentry issue, whatever the run), and the writer's trace id,
+    when the row carried one, becomes context ``writer_trace``."""
+    attributes = record.attributes
+    check = attributes.get("check")
+    if record.test or not isinstance(check, str):
+        return
+    kwargs["fingerprint"] = [
+        "invariantkit",
+        record.name,
+        "check",
+        check,
+        str(attributes.get("entity_key")),
+    ]
+    writer = attributes.get("writer_trace_id")
+    if isinstance(writer, str):
+        contexts = kwargs.setdefault("contexts", {})
+        contexts["writer_trace"] = {"trace_id": writer}

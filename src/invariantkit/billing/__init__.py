@@ -18,6 +18,12 @@ It also holds the guide's subscription lifecycle events for PostHog ("who was af
 ``billing_renewal_failures_total{reason}``, and :func:`register_health` for the
 ``billing_active_subscriptions`` and ``billing_mrr`` gauges read at scrape time.
 
+The same guarantees are proven at rest, against the data, by :mod:`invariantkit.billing.checks`
+(``double_charges``, ``charges_on_canceled``, ``ledger_unbalanced``, ``balance_mismatch``), which
+catches rows written behind the application's back. Store the trace id with every row you write
+(``INSERT INTO charges (..., trace_id) VALUES (..., ik.correlation_id())``): a bad row found at
+rest then links to the trace of the operation that wrote it.
+
 Example:
     >>> from invariantkit import billing
     >>> billing.NO_DOUBLE_CHARGE.type
@@ -162,7 +168,9 @@ def check_no_double_charge(
     """Check the guide's Guarantee #2: at most one successful charge per subscription per day.
 
     Call it after recording a payment, with the number of successful charges of the
-    subscription today. More than one reports :data:`NO_DOUBLE_CHARGE` (Sentry level fatal, tags
+    subscription today. Record the payment with ``trace_id = ik.correlation_id()`` in its row,
+    so that :func:`invariantkit.billing.checks.double_charges` links a double charge found at
+    rest to the trace that wrote it. More than one reports :data:`NO_DOUBLE_CHARGE` (Sentry level fatal, tags
     ``subscription_id`` and ``charges_count``, ``charge_events`` in the event's extra) and
     returns False; in enforce mode it raises :class:`~invariantkit.InvariantViolation`.
 
