@@ -25,7 +25,6 @@ from typing import Any, TypeVar, overload
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode
 from typing_extensions import ParamSpec
 
 from invariantkit._catalog import (
@@ -235,9 +234,7 @@ class CronRun:
             if span is not None:
                 try:
                     span.set_attribute("cron.processed", processed)
-                    if exc is None:
-                        span.set_status(Status(StatusCode.OK))
-                    else:
+                    if exc is not None:  # on success the status stays UNSET (OTel)
                         _record_exception(span, exc)  # message and stack trace scrubbed
                     span.end()
                 except Exception:  # the tracing SDK failing must not lose the check-in

@@ -427,6 +427,11 @@ class PrometheusMetrics:
                 ops.ok_count.inc()
                 ops.ok_hist.observe(duration)
                 return
+            if record.status == "cancelled":  # not a failure: no error counted (rare, not bound)
+                fams = self.families
+                fams.operation_total.labels(ops.label, "cancelled").inc()
+                fams.operation_duration.labels(ops.label, "cancelled").observe(duration)
+                return
             ops.fail_count.inc()
             ops.fail_hist.observe(duration)
             error_type = (
