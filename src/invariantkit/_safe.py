@@ -36,6 +36,7 @@ ITEMS_LIMIT = 100
 #: would otherwise multiply into 10**8 nodes on the caller's thread.
 NODES_LIMIT = 2000
 REDACTED = "[redacted]"
+_REDACTED_STEM = REDACTED[:-1]
 # Text is scrubbed on a window a little longer than what is kept, so that a secret cut in two
 # by the length limit is still recognised whole (an e-mail is at most 254 characters).
 _SCRUB_MARGIN = 512
@@ -43,6 +44,9 @@ _SCRUB_MARGIN = 512
 #: the same for 100 KB as for 9 KB.
 SCRUB_LIMIT = STRING_LIMIT + _SCRUB_MARGIN
 
+# Where a word may start: also right after an escaped newline or tab ("\\n" in a repr, as Sentry
+# serialises frame variables), where the "n" would otherwise hide the word boundary.
+_ESC = r"(?<=\\[ntr])"
 #: What may stand between the digit groups of a card number: whitespace (tabs, no-break and
 #: ideographic spaces included), dots, dashes and hyphens of every width, middle dots and
 #: invisible joiners.
@@ -57,16 +61,16 @@ _DIGIT_GROUP = re.compile(r"\d+")
 # (which was quadratic in a long run of them).
 _ATEXT = r"\w!#$%&'*+/=?^`{|}~.-"
 _EMAIL = re.compile(r"(?<![" + _ATEXT + r"])[" + _ATEXT + r"]+@[\w-]+(?:\.[\w-]+)+")
-_BEARER = re.compile(r"(?i)\b(bearer)(\s+)[A-Za-z0-9._~+/-]{8,}=*")
-_BASIC = re.compile(r"(?i)\b(basic)(\s+)([A-Za-z0-9+/]{4,}={0,2})")
-_TOKEN_SCHEME = re.compile(r"(?i)\b(token)(\s+)([A-Za-z0-9._~+/-]{16,}=*)")
+_BEARER = re.compile(r"(?i)(?:\b|" + _ESC + r")(bearer)(\s+)[A-Za-z0-9._~+/-]{8,}=*")
+_BASIC = re.compile(r"(?i)(?:\b|" + _ESC + r")(basic)(\s+)([A-Za-z0-9+/]{4,}={0,2})")
+_TOKEN_SCHEME = re.compile(r"(?i)(?:\b|" + _ESC + r")(token)(\s+)([A-Za-z0-9._~+/-]{16,}=*)")
 # A URL with credentials in its userinfo: Sentry DSNs, database URLs, basic-auth URLs. A scheme
 # starts after a character that cannot be part of one (linear, as for e-mail addresses).
 _DSN = re.compile(r"(?i)(?<![a-z0-9+.-])[a-z][a-z0-9+.-]*://[^\s/@]+@[^\s\"'<>]+")
 # Well-known API key and token shapes (PostHog, Stripe, GitHub, GitLab, Slack, Sentry, AWS,
 # Google, OpenAI-style "sk-").
 _API_KEY = re.compile(
-    r"(?<![A-Za-z0-9])(?:"
+    r"(?:(?<![A-Za-z0-9])|" + _ESC + r")(?:"
     r"(?:phc|phx|sk_live|sk_test|rk_live|rk_test|whsec|ghp|gho|ghu|ghs|ghr|github_pat|"
     r"sntrys|sntryu|sntryi)_[A-Za-z0-9_]{8,}"
     r"|(?:glpat|xox[abpsr]|sk)-[A-Za-z0-9_-]{16,}"
@@ -75,28 +79,33 @@ _API_KEY = re.compile(
     r")"
 )
 # A JSON Web Token: base64url header (always '{"...', so "eyJ") and payload, and a signature.
-_JWT = re.compile(r"(?<![\w-])eyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*")
+_JWT = re.compile(r"(?:(?<![\w-])|" + _ESC + r")eyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*")
 # An IBAN: country, check digits, 11 to 30 letters and digits, grouped or not; confirmed by its
 # mod-97 check in _redact_iban (the longest valid prefix of the candidate).
-_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}[0-9]{2}(?:[ \t\u00a0-]?[A-Za-z0-9]){11,30}")
+_IBAN = re.compile(
+    r"(?:(?<![A-Za-z0-9])|" + _ESC + r")[A-Za-z]{2}[0-9]{2}(?:[ \t\u00a0-]?[A-Za-z0-9]){11,30}"
+)
 _IBAN_SEP = re.compile(r"[ \t\u00a0-]")
 # An HTTP header line whose whole value is a credential (Authorization: Basic/Bearer/Digest...,
 # the cookies of Cookie and Set-Cookie): the value is redacted up to the end of the line.
 _HEADER = re.compile(
-    r"(?im)(?<![\w-])(proxy-authorization|authorization|set-cookie|cookie)(\s*:[ \t]*)(\S[^\r\n]*)"
+    r"(?im)(?:(?<![\w-])|"
+    + _ESC
+    + r")(proxy-authorization|authorization|set-cookie|cookie)(\s*:[ \t]*)(\S[^\r\n]*)"
 )
 # A secret said in prose: "my password is hunter2", "the PIN was 1234", "ssn: ...".
 _PROSE = re.compile(
-    r"(?i)\b(password|passphrase|passcode|passwd|pin|ssn|secret|cvv|cvc)"
+    r"(?i)(?:\b|" + _ESC + r")(password|passphrase|passcode|passwd|pin|ssn|secret|cvv|cvc)"
     r"((?:\s+(?:number|code))?\s+(?:is|was|=|:)\s+)(\S+)"
 )
 _PROSE_WORDS = ("pass", "pin", "ssn", "secret", "cvv", "cvc")
 # key=value or key: value inside free text ("password=hunter2", '"token": "abc"', "?api_key=x").
-_KEY_VALUE = re.compile(
-    r"(?<![A-Za-z0-9_.-])([A-Za-z][A-Za-z0-9_.-]{0,63})"
-    r"([\"']?\s*[:=]\s*)"
-    r"(\"[^\"]*\"|'[^']*'|[^\s\"',;&)}\]]+)"
+# The value is matched only after a denied key, and only then consumed: the value of any other
+# key is searched again ("reason: passphrase=x" must still find "passphrase").
+_KEY_SEP = re.compile(
+    r"(?:(?<![A-Za-z0-9_.\\-])|" + _ESC + r")([A-Za-z][A-Za-z0-9_.-]{0,63})([\"']?\s*[:=]\s*)"
 )
+_VALUE = re.compile(r"\"[^\"]*\"|'[^']*'|[\"']?[^\s\"',;&)}\]]+")  # quoted, or not (or left open)
 _AUTH_SCHEMES = frozenset({"bearer", "basic", "token", "digest"})
 _CAMEL = re.compile(r"([a-z0-9])([A-Z])")
 _KEY_PARTS = re.compile(r"[^a-z0-9]+")
@@ -446,8 +455,8 @@ class Scrubber:
         if self.deny_keys:
             if any(word in lowered for word in _PROSE_WORDS):
                 text = _PROSE.sub(self._redact_prose, text)
-            if "=" in text or ":" in text:
-                text = _KEY_VALUE.sub(self._redact_pair, text)
+            if ("=" in text or ":" in text) and self._may_name_denied(lowered):
+                text = self._redact_pairs(text)
         for pattern in self.patterns:
             text = pattern.sub(REDACTED, text)
         return text
@@ -462,16 +471,35 @@ class Scrubber:
             return match.group(0)
         return f"{match.group(1)}{match.group(2)}{REDACTED}"
 
-    def _redact_pair(self, match: re.Match[str]) -> str:
-        value = match.group(3)
-        if (
-            value == REDACTED
-            or value.lower() in _AUTH_SCHEMES
-            or not self.key_is_denied(match.group(1))
-        ):
-            return match.group(0)
-        quote = value[0] if value[:1] in ("'", '"') else ""
-        return f"{match.group(1)}{match.group(2)}{quote}{REDACTED}{quote}"
+    def _may_name_denied(self, lowered: str) -> bool:
+        """False when no key in ``lowered`` text can be denied (none of the denied words is in
+        it, separators removed): the ``key=value`` search is skipped."""
+        squashed = _KEY_PARTS.sub("", lowered)
+        return any(word in squashed for word in self._deny_normal)
+
+    def _redact_pairs(self, text: str) -> str:
+        out: list[str] = []
+        pos = last = 0
+        search = _KEY_SEP.search
+        value_at = _VALUE.match
+        while (match := search(text, pos)) is not None:
+            pos = match.end()
+            if not self.key_is_denied(match.group(1)):
+                continue
+            value = value_at(text, pos)
+            if value is None:
+                continue
+            found = value.group(0)
+            if found.startswith(_REDACTED_STEM) or found.lower() in _AUTH_SCHEMES:
+                continue  # scrubbed already; "Authorization: Bearer ..." is the scheme's to scrub
+            quote = found[0] if found[:1] in ("'", '"') else ""
+            out.append(text[last:pos])
+            out.append(f"{quote}{REDACTED}{quote}")
+            last = pos = value.end()
+        if not out:
+            return text
+        out.append(text[last:])
+        return "".join(out)
 
     def scrub_number(self, value: int) -> int | str:
         """``value``, or ``[redacted]`` when it is a card number written as an integer."""
