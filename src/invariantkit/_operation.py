@@ -504,6 +504,11 @@ class Operation:
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
         if not callable(fn):
             raise TypeError(f"operation({self.decl.name!r}) decorates a function, not {fn!r}")
+        if inspect.isclass(fn):
+            raise TypeError(
+                f"operation({self.decl.name!r}) decorates a function or a method, not the class "
+                f"{fn.__name__}: decorate the methods that are operations"
+            )
         plan = self._plan
         if inspect.isasyncgenfunction(fn):
             return _wrap_async_gen(plan, fn)

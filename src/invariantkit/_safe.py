@@ -533,8 +533,9 @@ def _has_digit(text: str) -> bool:
 NO_SCRUB = Scrubber(
     cards=False, emails=False, bearer_tokens=False, credentials=False, deny_keys=frozenset()
 )
-#: What is removed from invariantkit's own log lines, whatever the configuration: credentials.
-_LOG_SCRUBBER = Scrubber(cards=False, emails=False)
+#: What is removed from invariantkit's own log lines, whatever the configuration: credentials,
+#: card numbers and e-mail addresses (a bad event name or tag quoted in a warning may hold them).
+_LOG_SCRUBBER = Scrubber()
 
 
 def safe_str(value: object, limit: int = STRING_LIMIT) -> str:
@@ -738,7 +739,8 @@ def safe_mapping(data: Mapping[Any, Any] | None, scrubber: Scrubber) -> dict[str
 
 
 def scrub_for_log(text: str) -> str:
-    """Remove credentials (DSNs, API keys, tokens, ``password=...``) from one of our log lines."""
+    """Remove credentials (DSNs, API keys, tokens, ``password=...``), card numbers and e-mail
+    addresses from one of our log lines."""
     try:
         return _LOG_SCRUBBER.scrub_text(text)
     except BaseException:
