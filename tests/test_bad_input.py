@@ -257,3 +257,29 @@ def test_condition_error_with_non_mapping_extra() -> None:
         invariant = ik.Invariant("BAD_INPUT_MERGE", type="bad_input", summary="x")
         assert ik.assert_invariant(Weird(), invariant, extra=[("a", 1)]) is False  # type: ignore[arg-type]
         assert len(signals.violations) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("ALERT_TEST_DELAY_SECONDS", "soon"),
+        ("ALERT_TEST_DELAY_SECONDS", "-5"),
+        ("ALERT_TEST_DELAY_SECONDS", "nan"),
+        ("INVARIANTKIT_EXIT_TIMEOUT", "two"),
+        ("INVARIANTKIT_EXIT_TIMEOUT", "1e9"),
+        ("INVARIANTKIT_PSEUDONYM_KEY", "short"),
+    ],
+)
+def test_bad_environment_fails_configure_before_anything_is_installed(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    """A bad value in a variable read later (at exit, in the test-alert timer, at identify())
+    fails ``configure()`` at once, naming the variable; the configuration in place stays."""
+    from invariantkit._config import STATE
+
+    with capture_signals():
+        before = STATE.config
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ValueError, match=name):
+            ik.configure(sinks=[ik.sinks.Memory()])
+        assert STATE.config is before

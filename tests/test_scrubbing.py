@@ -785,3 +785,16 @@ def test_no_shaped_secret_escapes_through_any_sink(
     for form in _shaped_forms(secret):
         at = output.find(form)
         assert at < 0, f"{form!r} escaped from {written!r}: {output[max(0, at - 300) : at + 40]}"
+
+
+def test_card_numbers_in_event_names_and_emails_in_our_own_logs_are_scrubbed() -> None:
+    """A card number inside a ``track()`` event name reaches no sink; an e-mail address or card
+    in a bad event name is not quoted in invariantkit's own warning."""
+    with own_log_output() as own, capture_signals() as signals:
+        ik.track("paid with 4242 4242 4242 4242")
+        ik.track("bob@example.com wants [this]")  # invalid name: logged, dropped
+        output = _everything(signals, own)
+        assert len(signals.posthog_events) == 1
+        assert any("dropped" in line for line in own)
+    assert "4242 4242 4242 4242" not in output
+    assert "bob@example.com" not in output

@@ -12,6 +12,7 @@ from typing import Literal
 
 from invariantkit._catalog import Declaration, get_catalog
 from invariantkit._dispatch import Dispatcher
+from invariantkit._env import check_environment, seconds
 from invariantkit._record import Record
 from invariantkit._safe import NO_SCRUB, Scrubber
 from invariantkit.sinks._base import Sink, SinkUnavailable
@@ -182,6 +183,7 @@ def configure(
     """
     _check_text("service", service)
     _check_text("environment", environment)
+    check_environment()
     resolved_mode = mode if mode is not None else os.environ.get("INVARIANTKIT_MODE", "report")
     resolved_mode = (
         resolved_mode.strip().lower() if isinstance(resolved_mode, str) else resolved_mode
@@ -256,7 +258,7 @@ def _drain_at_exit() -> None:
 
 def _shutdown_at_exit() -> None:
     try:
-        timeout = float(os.environ.get("INVARIANTKIT_EXIT_TIMEOUT", "2.0"))
+        timeout = seconds("INVARIANTKIT_EXIT_TIMEOUT", 2.0, maximum=600.0)
     except ValueError:
         timeout = 2.0
     shutdown(timeout=timeout)
