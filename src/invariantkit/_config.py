@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import threading
@@ -107,13 +108,15 @@ def auto_sinks() -> list[Sink]:
         sinks.append(PrometheusMetrics())
     except SinkUnavailable:
         pass
-    try:
-        from invariantkit.sinks._sentry import Sentry, sentry_active
+    # Installed is enough: the sink binds to the active client when it delivers, so configure()
+    # may come before sentry_sdk.init() (app factories); nothing is sent while none is active.
+    if importlib.util.find_spec("sentry_sdk") is not None:
+        try:
+            from invariantkit.sinks._sentry import Sentry
 
-        if sentry_active():
             sinks.append(Sentry())
-    except ImportError:  # sentry-sdk not installed (or not importable): skipped
-        pass
+        except (ImportError, SinkUnavailable):  # sentry-sdk not importable: skipped
+            pass
     from invariantkit.sinks._posthog import PostHog, posthog_configured
 
     if posthog_configured():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import itertools
 import logging
 import math
@@ -27,7 +28,8 @@ __all__ = [
 ]
 
 TAG_VALUE_LIMIT = 200  # Sentry truncates tag values at 200 characters
-TAG_KEY_LIMIT = 32  # ... and keys at 32
+# Sentry keeps 32-character keys of [A-Za-z0-9_.:-]: ``sentry_tags`` makes them so, without
+# collisions; other sinks keep keys up to ``KEY_LIMIT``.
 KEY_LIMIT = 128
 STRING_LIMIT = 8192
 DEPTH_LIMIT = 6
@@ -374,7 +376,7 @@ class Scrubber:
         )
 
     def tag_key(self, raw: str) -> tuple[str, int]:
-        """``raw`` as a tag key (scrubbed, cut to 32) and what its value gets: ``KEY_ALLOWED``
+        """``raw`` as a tag key (scrubbed, cut to 128) and what its value gets: ``KEY_ALLOWED``
         (kept), ``KEY_DENIED`` (redacted whole) or ``KEY_SCRUBBED`` (scrubbed by pattern).
 
         Cached: a service reports the same few tag keys over and over.
@@ -387,7 +389,7 @@ class Scrubber:
                 verdict = KEY_DENIED
             else:
                 verdict = KEY_SCRUBBED
-            cached = (_key_text(raw, self, TAG_KEY_LIMIT), verdict)
+            cached = (_key_text(raw, self), verdict)
             if len(self._tag_keys) > 4096:
                 self._tag_keys.clear()
             self._tag_keys[raw] = cached
@@ -772,6 +774,44 @@ class CredentialFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = scrub_for_log(record.stack_info)
         return True
+
+
+# Sentry's ingestion (Relay) drops a tag whose key is not 1 to 32 of these characters, or whose
+# value holds a newline or is over 200 characters: the event would arrive without it.
+_SENTRY_TAG_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,32}\Z")
+_SENTRY_TAG_BAD = re.compile(r"[^A-Za-z0-9_.:-]")
+_sentry_keys: dict[str, str] = {}
+
+
+def sentry_tag_key(key: str) -> str:
+    """``key`` as a tag key Sentry keeps: unchanged when valid, else its characters replaced by
+    ``_`` and cut to 23, then ``-`` and 8 hex digits of a hash of the whole key (deterministic;
+    two keys never become one)."""
+    valid = _sentry_keys.get(key)
+    if valid is None:
+        if _SENTRY_TAG_KEY.match(key):
+            valid = key
+        else:
+            digest = hashlib.sha256(key.encode("utf-8", "backslashreplace")).hexdigest()[:8]
+            valid = f"{_SENTRY_TAG_BAD.sub('_', key[:23]) or 'tag'}-{digest}"
+        if len(_sentry_keys) > 4096:
+            _sentry_keys.clear()
+        _sentry_keys[key] = valid
+    return valid
+
+
+def sentry_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """Tags Sentry keeps: valid keys (:func:`sentry_tag_key`), values on one line, at most 200
+    characters."""
+    out: dict[str, str] = {}
+    for key, value in tags.items():
+        text = value if isinstance(value, str) else safe_str(value, TAG_VALUE_LIMIT)
+        if not text.isprintable():  # a newline (or another line break) in it
+            text = " ".join(text.splitlines())
+        if len(text) > TAG_VALUE_LIMIT:
+            text = _cut(text)
+        out[sentry_tag_key(key if isinstance(key, str) else safe_str(key, 64))] = text
+    return out
 
 
 def install_log_filter(logger: logging.Logger) -> None:

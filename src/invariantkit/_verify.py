@@ -208,6 +208,23 @@ def _check_alerts_configured(catalog: Catalog, art: _Artifacts) -> list[Check]:
                 "(import invariantkit.billing and call its checks)",
             )
         )
+    from invariantkit.sinks._sentry_crons import SLUG_LIMIT
+
+    shortened = {
+        name: decl.sentry_slug
+        for name, decl in sorted(catalog.crons.items())
+        if len(name) > SLUG_LIMIT and decl.sentry_slug
+    }
+    if shortened:
+        checks.append(
+            Check(
+                "sentry.cron_slugs",
+                "Sentry cron monitors have the slugs their crons are named by",
+                "warn",
+                "; ".join(f"cron {n}: monitor slug shortened to {s}" for n, s in shortened.items())
+                + f" (Sentry keeps {SLUG_LIMIT} characters; pass sentry_slug= to choose one)",
+            )
+        )
     problems = []
     for name in sorted(catalog.crons):
         for suffix, what in (

@@ -191,9 +191,11 @@ class Sentry:
     # -- helpers --------------------------------------------------------------------------------
 
     def _scope_kwargs(self, record: Record, tags: dict[str, str]) -> dict[str, Any]:
+        from invariantkit._safe import sentry_tags
+
         tags["trace_id"] = record.trace_id
         kwargs: dict[str, Any] = {
-            "tags": tags,
+            "tags": sentry_tags(tags),  # keys and values Sentry's ingestion keeps
             "contexts": {"trace": {"trace_id": record.trace_id, "span_id": record.span_id}},
         }
         if record.user_id is not None:
@@ -239,6 +241,8 @@ class Sentry:
         becomes a Sentry event or check-in, else None. invariantkit's dispatcher calls it, then
         :meth:`deliver` on its worker."""
         kind = record.kind
+        if not self._client().is_active():
+            return None  # no sentry_sdk.init() yet (or a closed client): nothing to send
         if kind == "operation":
             exc = record.exception
             if record.status != "failure" or not isinstance(exc, Exception):
