@@ -271,6 +271,25 @@ class TestPlainFunction:
         gen.close()
         signals.assert_operation("paged", "cancelled", count=1)
 
+    def test_the_users_exception_is_never_changed(self, signals: Signals) -> None:
+        """A failure through nested operations is one Sentry event, and the exception object
+        gets no attribute of ours (its ``__dict__`` is what the application made)."""
+        raised = ValueError("declined")
+
+        @ik.billing_operation("inner_charge")
+        def charge() -> None:
+            raise raised
+
+        @ik.billing_operation("outer_renewal")
+        def renew() -> None:
+            charge()
+
+        with pytest.raises(ValueError):
+            renew()
+        ik.flush()
+        assert vars(raised) == {}
+        assert len(signals.sentry_events) == 1
+
     def test_nested_operations_share_the_trace(self, signals: Signals) -> None:
         """An operation called from another is a child span in the same trace."""
 

@@ -209,7 +209,9 @@ def assert_invariant(
     """Return True when ``condition`` holds; otherwise report the violation like
     :func:`report_violation` and return False (or raise :class:`InvariantViolation` in enforce mode).
 
-    When the condition holds this is a branch and a return: keep it on hot paths.
+    When the condition holds this is a branch and a return: keep it on hot paths. A callable
+    ``condition`` (``lambda: ledger.balanced()``) is called, and its result checked: a lazy
+    check; an exception inside it is reported as a violation (never raised).
 
     Example:
         >>> import invariantkit as ik
@@ -220,6 +222,10 @@ def assert_invariant(
         True
     """
     try:
+        if condition is True:
+            return True
+        if callable(condition):
+            condition = condition()
         if condition:
             return True
     except Exception as exc:  # a condition whose truth cannot be told is reported as violated

@@ -1185,10 +1185,13 @@ def fire_test_alerts(
     pushed = None
     try:
         announce_test_children()
+        lost_before = _sentry_losses(config.sinks)
         sent = fire_test_alert(invariant)
         flushed = ik.flush(timeout=timeout)
         if not flushed:
             problems.append(f"not every sink flushed within {timeout:g} s")
+        if _sentry_losses(config.sinks) > lost_before:
+            problems.append("Sentry did not take the test event (unreachable? check the DSN)")
         if pushgateway is None:
             for sink in config.sinks:
                 url = getattr(sink, "pushgateway", None)
@@ -1207,6 +1210,26 @@ def fire_test_alerts(
                 except Exception:
                     pass
     return FiredResult(sent, names, flushed, source, pushed, problems)
+
+
+def _sentry_losses(sinks: Sequence[Any]) -> float:
+    """Events the Sentry SDK lost so far (network errors...), as the Prometheus sinks count
+    them in ``invariantkit_sink_dropped_total{sink="sentry"}``."""
+    total = 0.0
+    for sink in sinks:
+        registry = (
+            getattr(sink, "registry", None) if getattr(sink, "name", "") == "prometheus" else None
+        )
+        if registry is None:
+            continue
+        for family in registry.collect():
+            if family.name == "invariantkit_sink_dropped":
+                total += sum(
+                    s.value
+                    for s in family.samples
+                    if s.name.endswith("_total") and s.labels.get("sink") == "sentry"
+                )
+    return total
 
 
 def _push(sinks: Sequence[Any], registry: Any, url: str) -> tuple[str | None, str | None]:
