@@ -275,11 +275,13 @@ class Scrubber:
     """What to redact from tags, extra, properties, span attributes and log fields before they
     leave the process.
 
-    Values are searched for card numbers (13 to 19 digits passing the Luhn check, with or without
-    spaces or dashes, also as integers), e-mail addresses, bearer/basic/token credentials,
-    URLs with credentials in them (Sentry DSNs, database URLs) and well-known API key shapes
-    (PostHog ``phc_``, Stripe ``sk_live_``, GitHub ``ghp_``, AWS ``AKIA``...); each match is
-    replaced by ``[redacted]``. A value under a key in ``deny_keys`` is redacted whole: keys match
+    Values are searched for card numbers (13 to 19 digits passing the Luhn check, in any
+    script's digits, with or without spaces, dots, dashes, tabs or no-break spaces, also as
+    integers), e-mail addresses, bearer/basic/token credentials, JSON Web Tokens, IBANs,
+    ``Authorization`` headers and cookies, passwords said in prose ("my password is ..."), URLs
+    with credentials in them (Sentry DSNs, database URLs) and well-known API key shapes (PostHog
+    ``phc_``, Stripe ``sk_live_``, GitHub ``ghp_``, AWS ``AKIA``...); each match is replaced by
+    ``[redacted]``. A text is cut to ``SCRUB_LIMIT`` characters before any pattern runs. A value under a key in ``deny_keys`` is redacted whole: keys match
     case-insensitively, as a word of the key (``db_password``, ``userPassword``), and ``key=value``
     pairs inside text are found too. Keys in ``allow_keys`` are "safe fields": their values are
     sent as they are. ``patterns`` adds your own regular expressions.
