@@ -19,7 +19,6 @@ every bar is met.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import cProfile
 import io
 import logging
@@ -27,22 +26,18 @@ import os
 import pstats
 import random
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import posthog
 import sentry_sdk
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import CollectorRegistry
 
 import invariantkit as ik
 
-HERE = Path(__file__).resolve().parent
 SIZE = 100_000
 CALLER_BAR = 0.003  # seconds added to the caller
 DRAIN_BAR = 2.0  # seconds for five hostile records to drain
@@ -58,34 +53,9 @@ HOSTILE = {
 SHORT = "charge failed for subscription sub_1"
 
 
-class _Discard(SpanExporter):
-    def export(self, spans: Any) -> SpanExportResult:
-        return SpanExportResult.SUCCESS
-
-    def shutdown(self) -> None:
-        return None
-
-
-@contextlib.contextmanager
-def discard_server() -> Iterator[int]:
-    """benchmarks/_discard_server.py in its own process; yield its port."""
-    proc = subprocess.Popen(
-        [sys.executable, str(HERE / "_discard_server.py")],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        yield int(proc.stdout.readline())
-    finally:
-        assert proc.stdin is not None
-        proc.stdin.close()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+# benchmarks/run.py: its network guard (only 127.0.0.1), its discarding span exporter and the
+# discarding HTTP server in its own process.
+from run import BLOCKED, DiscardSpans, discard_server  # noqa: E402
 
 
 def configure(port: int) -> None:
@@ -93,7 +63,7 @@ def configure(port: int) -> None:
         dsn=f"http://public@127.0.0.1:{port}/1", transport_queue_size=1000, shutdown_timeout=1
     )
     provider = TracerProvider()
-    provider.add_span_processor(BatchSpanProcessor(_Discard()))
+    provider.add_span_processor(BatchSpanProcessor(DiscardSpans()))
     logger = logging.getLogger("invariantkit.bench_hostile")
     handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 - lives for the run
     handler.setFormatter(ik.JsonFormatter())
@@ -210,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(out.getvalue())
         ik.shutdown(5)
         sentry_sdk.get_client().close(timeout=2)
+    if BLOCKED:
+        print(f"blocked connection attempts outside 127.0.0.1: {BLOCKED}")
+        ok = False
     print("every bar met" if ok else "a bar was MISSED")
     return 0 if ok else 1
 

@@ -281,9 +281,11 @@ class Scrubber:
     ``Authorization`` headers and cookies, passwords said in prose ("my password is ..."), URLs
     with credentials in them (Sentry DSNs, database URLs) and well-known API key shapes (PostHog
     ``phc_``, Stripe ``sk_live_``, GitHub ``ghp_``, AWS ``AKIA``...); each match is replaced by
-    ``[redacted]``. A text is cut to ``SCRUB_LIMIT`` characters before any pattern runs. A value under a key in ``deny_keys`` is redacted whole: keys match
-    case-insensitively, as a word of the key (``db_password``, ``userPassword``), and ``key=value``
-    pairs inside text are found too. Keys in ``allow_keys`` are "safe fields": their values are
+    ``[redacted]``. A text is cut to ``SCRUB_LIMIT`` characters before any pattern runs.
+
+    A value under a key in ``deny_keys`` is redacted whole: keys match case-insensitively, as a
+    word of the key (``db_password``, ``userPassword``), and ``key=value`` pairs inside text are
+    found too. Keys in ``allow_keys`` are "safe fields": their values are
     sent as they are. ``patterns`` adds your own regular expressions.
 
     Pass one to ``ik.configure(scrub=...)``; ``scrub=False`` turns scrubbing off.
