@@ -243,8 +243,6 @@ class Sentry:
         becomes a Sentry event or check-in, else None. invariantkit's dispatcher calls it, then
         :meth:`deliver` on its worker."""
         kind = record.kind
-        if not self._client().is_active():
-            return None  # no sentry_sdk.init() yet (or a closed client): nothing to send
         if kind == "operation":
             exc = record.exception
             if record.status != "failure" or not isinstance(exc, Exception):
@@ -256,6 +254,8 @@ class Sentry:
                 return None
         elif kind not in ("violation", "db_error", "cron"):
             return None
+        if not self._client().is_active():
+            return None  # no sentry_sdk.init() yet (or a closed client): nothing to send
         # Keep what the caller's scopes know (request, breadcrumbs, tags); capture off the path.
         sdk = self._sdk
         return sdk.get_isolation_scope().fork(), sdk.get_current_scope().fork()
