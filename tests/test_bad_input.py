@@ -135,6 +135,9 @@ def test_invariant_fields_are_validated(field: str, value: Any) -> None:
         (lambda: ik.configure(sinks="sentry"), "sinks"),  # type: ignore[arg-type]
         (lambda: ik.configure(sinks=[object()]), "sinks"),
         (lambda: ik.sinks.PrometheusMetrics(pushgateway=9091), "pushgateway"),  # type: ignore[arg-type]
+        (lambda: ik.sinks.PrometheusMetrics("x"), "CollectorRegistry"),  # type: ignore[arg-type]
+        (lambda: ik.sinks.OtelTraces("x"), "TracerProvider"),  # type: ignore[arg-type]
+        (lambda: ik.billing_operation("charge")(type("Charge", (), {})), "class"),
         (lambda: ik.sinks.JsonLogs(logger=1), "logger"),  # type: ignore[arg-type]
         (lambda: ik.sinks.Sentry(client="https://k@o1.ingest.sentry.io/1"), "client"),
         (lambda: ik.sinks.PostHog(client=1), "client"),
@@ -213,13 +216,19 @@ def test_track_never_raises(event: Any, properties: dict[str, Any]) -> None:
 @_SETTINGS
 @given(user=st.one_of(st.text(min_size=1, max_size=200), st.integers()))
 def test_identify_accepts_any_str_or_int_id(user: str | int) -> None:
-    """Any str (1 to 200 characters) or int user id binds and reaches the signals as a str."""
+    """Any str (1 to 200 characters) or int user id binds and reaches the signals as a str
+    (a PII-shaped one as its pseudonym)."""
+    from invariantkit._context import _pii_form
+
     with capture_signals() as signals:
         invariant = ik.Invariant("BAD_INPUT_USER", type="bad_input", summary="x")
         with ik.identify(user):
             ik.report_violation(invariant)
         [record] = signals.violations
-        assert record.user_id == str(user)
+        if _pii_form(str(user)) is None:
+            assert record.user_id == str(user)
+        else:
+            assert (record.user_id or "").startswith("pseudonym:")
 
 
 @_SETTINGS
@@ -248,3 +257,29 @@ def test_condition_error_with_non_mapping_extra() -> None:
         invariant = ik.Invariant("BAD_INPUT_MERGE", type="bad_input", summary="x")
         assert ik.assert_invariant(Weird(), invariant, extra=[("a", 1)]) is False  # type: ignore[arg-type]
         assert len(signals.violations) == 1
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("ALERT_TEST_DELAY_SECONDS", "soon"),
+        ("ALERT_TEST_DELAY_SECONDS", "-5"),
+        ("ALERT_TEST_DELAY_SECONDS", "nan"),
+        ("INVARIANTKIT_EXIT_TIMEOUT", "two"),
+        ("INVARIANTKIT_EXIT_TIMEOUT", "1e9"),
+        ("INVARIANTKIT_PSEUDONYM_KEY", "short"),
+    ],
+)
+def test_bad_environment_fails_configure_before_anything_is_installed(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    """A bad value in a variable read later (at exit, in the test-alert timer, at identify())
+    fails ``configure()`` at once, naming the variable; the configuration in place stays."""
+    from invariantkit._config import STATE
+
+    with capture_signals():
+        before = STATE.config
+        monkeypatch.setenv(name, value)
+        with pytest.raises(ValueError, match=name):
+            ik.configure(sinks=[ik.sinks.Memory()])
+        assert STATE.config is before

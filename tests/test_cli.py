@@ -4,6 +4,8 @@ code, fire-test-alert through real backends."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import textwrap
 import uuid
@@ -433,9 +435,26 @@ class TestFireTestAlert:
     def test_an_undeclared_invariant_is_an_error(
         self, make_module: Callable[[str], str], capsys: pytest.CaptureFixture[str]
     ) -> None:
-        code, out, _ = run(capsys, "fire-test-alert", "-m", make_module(APP), "-i", "NOPE")
+        code, out, err = run(capsys, "fire-test-alert", "-m", make_module(APP), "-i", "NOPE")
+        assert code == 2  # bad input, as docs/cli.md says
+        assert "'NOPE' is not declared" in out + err
+
+    def test_an_unreachable_sentry_fails(
+        self,
+        make_module: Callable[[str], str],
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """SENTRY_DSN on a closed port: the test event is lost, the command exits 1."""
+        from support.receivers import closed_port_url
+
+        clear_backend_env(monkeypatch)
+        monkeypatch.setenv("SENTRY_DSN", closed_port_url().replace("http://", "http://k@") + "/1")
+        code, out, _ = run(
+            capsys, "fire-test-alert", "-m", make_module(APP), "-i", "NO_DOUBLE_CHARGE"
+        )
         assert code == 1
-        assert "'NOPE' is not declared" in out
+        assert "Sentry did not take the test event" in out
 
     def test_uses_the_modules_own_configuration(
         self, make_module: Callable[[str], str], capsys: pytest.CaptureFixture[str]
@@ -497,3 +516,28 @@ class TestFireTestAlert:
         )
         assert code == 1
         assert "push to the Pushgateway" in out
+
+
+@pytest.mark.parametrize("missing", ["typer"])
+def test_a_bare_install_names_the_extra(missing: str, tmp_path: Path) -> None:
+    """Without the [cli] extra, the ``invariantkit`` command prints the pip command for it and
+    exits 2, never a ModuleNotFoundError traceback."""
+    script = tmp_path / "invariantkit"
+    script.write_text(
+        "import sys\n"
+        f"sys.modules[{missing!r}] = None\n"
+        "from invariantkit.cli import main\n"
+        "sys.exit(main())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run(
+        [sys.executable, str(script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "pip install 'invariantkit[cli]'" in result.stderr
+    assert "Traceback" not in result.stderr

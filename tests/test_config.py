@@ -20,7 +20,7 @@ from invariantkit._config import STATE
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from support.receivers import PostHogReceiver
+    from support.receivers import PostHogReceiver, SentryReceiver
 
 
 def run_python(code: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -74,7 +74,8 @@ def configured() -> Iterator[None]:
 
 class TestAutoDetection:
     def test_without_any_sdk_set_up_only_metrics_and_logs(self) -> None:
-        """A fresh process: no tracer provider, no Sentry client, no PostHog key."""
+        """A fresh process: no tracer provider, no Sentry client, no PostHog key (the Sentry sink
+        is there because sentry-sdk is installed; it sends nothing until a client is active)."""
         result = run_python(
             """
             import invariantkit as ik
@@ -82,7 +83,7 @@ class TestAutoDetection:
             """
         )
         assert result.returncode == 0, result.stderr
-        assert result.stdout.strip() == "['prometheus', 'json_logs']"
+        assert result.stdout.strip() == "['prometheus', 'sentry', 'json_logs']"
 
     def test_an_sdk_tracer_provider_turns_traces_on(self) -> None:
         """The global OpenTelemetry SDK provider is detected and its spans are used."""
@@ -108,7 +109,7 @@ class TestAutoDetection:
         )
         assert result.returncode == 0, result.stderr
         assert result.stdout.splitlines() == [
-            "['otel_traces', 'prometheus', 'json_logs']",
+            "['otel_traces', 'prometheus', 'sentry', 'json_logs']",
             "billing.renewal True",
         ]
 
@@ -147,18 +148,30 @@ class TestAutoDetection:
         assert line["invariant"] == "NO_DOUBLE_CHARGE"
         assert line["tags"] == {"subscription_id": "s1"}
 
-    def test_an_active_sentry_client_turns_sentry_on(self, clean_env: Any, configured: Any) -> None:
-        """``sentry_sdk.init`` ran (a client is active): the Sentry sink is configured."""
-        import sentry_sdk
-
-        from support.receivers import closed_port_url
-
-        assert "sentry" not in sink_names(ik.configure())
-        dsn = closed_port_url().replace("http://", "http://public@") + "/1"
-        sentry_sdk.get_global_scope().set_client(
-            sentry_sdk.Client(dsn=dsn, default_integrations=False)
+    def test_configure_before_sentry_init_still_reaches_sentry(
+        self, sentry_receiver: SentryReceiver
+    ) -> None:
+        """``configure()`` before ``sentry_sdk.init()`` (an app factory): nothing is sent while
+        no client is active, then the violation arrives as our event, tagged with its invariant
+        (not as a raw log line through Sentry's logging integration)."""
+        result = run_python(
+            f"""
+            import invariantkit as ik, sentry_sdk
+            from invariantkit import billing
+            ik.configure()
+            ik.assert_invariant(False, billing.NO_DOUBLE_CHARGE)  # no client yet: not sent
+            ik.flush()
+            sentry_sdk.init(dsn={sentry_receiver.dsn!r}, shutdown_timeout=2)
+            ik.assert_invariant(False, billing.NO_DOUBLE_CHARGE, tags={{"sub": "s1"}})
+            ik.flush()
+            sentry_sdk.flush(5)
+            """
         )
-        assert sink_names(ik.configure()) == ["prometheus", "sentry", "json_logs"]
+        assert result.returncode == 0, result.stderr
+        [event] = sentry_receiver.wait_for(1)
+        assert event["tags"]["invariant"] == "NO_DOUBLE_CHARGE"
+        assert event["tags"]["sub"] == "s1"
+        assert len(sentry_receiver.events) == 1
 
     def test_a_posthog_key_in_the_environment_turns_posthog_on(
         self, clean_env: pytest.MonkeyPatch, configured: Any, posthog_receiver: PostHogReceiver
@@ -167,7 +180,7 @@ class TestAutoDetection:
         clean_env.setenv("POSTHOG_PROJECT_API_KEY", "phc_from_env")
         clean_env.setenv("POSTHOG_HOST", posthog_receiver.host)
         config = ik.configure()
-        assert sink_names(config) == ["prometheus", "posthog", "json_logs"]
+        assert sink_names(config) == ["prometheus", "sentry", "posthog", "json_logs"]
 
         @ik.billing_operation("renewal", user_facing=True)
         def renew() -> None:

@@ -272,7 +272,7 @@ class TestSuccessfulRun:
             run.processed += 2
         spans = {s.name: s for s in signals.spans}
         cron_span = spans["cron.subscription_renewal"]
-        assert cron_span.status.status_code is StatusCode.OK
+        assert cron_span.status.status_code is StatusCode.UNSET
         assert dict(cron_span.attributes or {})["cron.processed"] == 2
         assert dict(cron_span.attributes or {})["cron.check_in_id"] == run.check_in_id
         op_spans = [s for s in signals.spans if s.name == "billing.renewal"]

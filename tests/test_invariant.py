@@ -363,6 +363,30 @@ class TestPassingPath:
         [violation] = signals.violations
         assert "ambiguous" in violation.extra["invariantkit.condition_error"]
 
+    def test_a_callable_condition_is_called(self, signals: Signals) -> None:
+        """``assert_invariant(lambda: ..., inv)`` is a lazy check: its result decides."""
+        calls: list[int] = []
+
+        def balanced() -> bool:
+            calls.append(1)
+            return True
+
+        assert ik.assert_invariant(balanced, billing.NO_DOUBLE_CHARGE) is True
+        assert ik.assert_invariant(lambda: 2 > 3, billing.NO_DOUBLE_CHARGE) is False
+        assert calls == [1]
+        signals.assert_violation("NO_DOUBLE_CHARGE", count=1)
+
+    def test_an_exception_in_a_callable_condition_is_a_violation(self, signals: Signals) -> None:
+        """The lazy check raising is reported as a violation (never raised), with the error."""
+
+        def broken() -> bool:
+            raise LookupError("ledger row missing")
+
+        assert ik.assert_invariant(broken, billing.NO_DOUBLE_CHARGE, extra={"a": 1}) is False
+        [violation] = signals.violations
+        assert "ledger row missing" in violation.extra["invariantkit.condition_error"]
+        assert violation.extra["a"] == 1
+
 
 class TestModes:
     """Report mode returns False; enforce mode raises after reporting."""

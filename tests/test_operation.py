@@ -44,7 +44,7 @@ def assert_success_signals(
     attributes = dict(span.attributes or {})
     assert attributes["billing.operation"] == name
     assert attributes.get("enduser.id") == user
-    assert span.status.status_code is StatusCode.OK
+    assert span.status.status_code is StatusCode.UNSET
     tid = _tid(span)
     assert signals.metric("billing_operation_total", operation=name, outcome="success") == 1
     assert signals.metric("billing_operation_total", operation=name, outcome="failure") == 0
@@ -84,8 +84,10 @@ def assert_failure_signals(
     assert span.name == f"billing.{name}"
     assert span.status.status_code is StatusCode.ERROR
     assert (span.attributes or {}).get("enduser.id") == user
+    assert (span.attributes or {})["error.type"] == error_type  # OTel semconv
     [exc_event] = [e for e in span.events if e.name == "exception"]
     assert (exc_event.attributes or {})["exception.type"].endswith(error_type)
+    assert "exception.escaped" not in (exc_event.attributes or {})  # deprecated
     tid = _tid(span)
     assert signals.metric("billing_operation_total", operation=name, outcome="failure") == 1
     assert signals.metric("billing_operation_total", operation=name, outcome="success") == 0
@@ -219,23 +221,74 @@ class TestPlainFunction:
 
         assert lookup() is sentinel
 
-    def test_base_exception_is_reraised_and_counted(self, signals: Signals) -> None:
-        """KeyboardInterrupt/SystemExit still propagate unchanged; Sentry gets no BaseException."""
+    @pytest.mark.parametrize("kind", [KeyboardInterrupt, SystemExit, GeneratorExit])
+    def test_base_exception_is_cancellation_not_failure(
+        self, signals: Signals, kind: type[BaseException]
+    ) -> None:
+        """KeyboardInterrupt, SystemExit, GeneratorExit propagate unchanged (same object) with
+        outcome "cancelled": no error counted, span status UNSET, no Sentry event."""
+        raised = kind()
 
-        @ik.billing_operation("shutdown_hook")
+        @ik.billing_operation("shutdown_hook", user_facing=True)
         def stop() -> None:
-            raise SystemExit(3)
+            raise raised
 
-        with pytest.raises(SystemExit) as info:
+        with pytest.raises(kind) as info:
             stop()
-        assert info.value.code == 3
+        assert info.value is raised
+        assert not hasattr(raised, "_invariantkit_sentry_reported")
+        ik.flush()
+        signals.assert_operation("shutdown_hook", "cancelled", count=1)
+        metric = signals.metric
         assert (
-            signals.metric(
-                "billing_operation_errors_total", operation="shutdown_hook", error_type="SystemExit"
-            )
-            == 1
+            metric("billing_operation_total", operation="shutdown_hook", outcome="cancelled") == 1
         )
+        assert metric("billing_operation_total", operation="shutdown_hook", outcome="failure") == 0
+        assert (
+            metric(
+                "billing_operation_errors_total",
+                operation="shutdown_hook",
+                error_type=kind.__name__,
+            )
+            == 0
+        )
+        [span] = signals.spans
+        assert span.status.status_code is StatusCode.UNSET
+        assert "error.type" not in (span.attributes or {})
         assert signals.sentry_events == []
+        assert signals.posthog_events == []
+
+    def test_generator_exit_inside_a_with_block_is_cancellation(self, signals: Signals) -> None:
+        """A generator closed while inside ``with ik.operation(...)``: the block was cut short."""
+
+        def items() -> Iterator[int]:
+            with ik.billing_operation("paged"):
+                yield 1
+                yield 2
+
+        gen = items()
+        assert next(gen) == 1
+        gen.close()
+        signals.assert_operation("paged", "cancelled", count=1)
+
+    def test_the_users_exception_is_never_changed(self, signals: Signals) -> None:
+        """A failure through nested operations is one Sentry event, and the exception object
+        gets no attribute of ours (its ``__dict__`` is what the application made)."""
+        raised = ValueError("declined")
+
+        @ik.billing_operation("inner_charge")
+        def charge() -> None:
+            raise raised
+
+        @ik.billing_operation("outer_renewal")
+        def renew() -> None:
+            charge()
+
+        with pytest.raises(ValueError):
+            renew()
+        ik.flush()
+        assert vars(raised) == {}
+        assert len(signals.sentry_events) == 1
 
     def test_nested_operations_share_the_trace(self, signals: Signals) -> None:
         """An operation called from another is a child span in the same trace."""
@@ -434,7 +487,8 @@ class TestAsyncFunction:
         assert len(_ops(signals)) == 1
 
     async def test_cancellation_propagates(self, signals: Signals) -> None:
-        """A cancelled operation re-raises CancelledError; it is a failure, not a Sentry event."""
+        """A cancelled operation re-raises CancelledError; outcome "cancelled", not a failure:
+        no error counted, no Sentry event."""
         started = asyncio.Event()
 
         @ik.billing_operation("slow")
@@ -451,8 +505,10 @@ class TestAsyncFunction:
             signals.metric(
                 "billing_operation_errors_total", operation="slow", error_type="CancelledError"
             )
-            == 1
+            == 0
         )
+        assert signals.metric("billing_operation_total", operation="slow", outcome="cancelled") == 1
+        assert signals.metric("billing_operation_total", operation="slow", outcome="failure") == 0
         assert signals.sentry_events == []
 
     async def test_concurrent_tasks_keep_their_own_span(self, signals: Signals) -> None:
@@ -494,7 +550,7 @@ class TestGenerator:
         [span] = signals.spans
         assert inside == [span.context.span_id] * 3
         assert consumer_ids == [False, False, False]
-        assert span.status.status_code is StatusCode.OK
+        assert span.status.status_code is StatusCode.UNSET
         assert signals.metric("billing_operation_total", operation="export", outcome="success") == 1
 
     def test_creating_the_generator_does_not_start_the_operation(self, signals: Signals) -> None:
@@ -554,7 +610,7 @@ class TestGenerator:
         gen.close()
         [span] = signals.spans
         assert cleanup == [span.context.span_id]
-        assert span.status.status_code is StatusCode.OK
+        assert span.status.status_code is StatusCode.UNSET
         assert signals.metric("billing_operation_total", operation="export", outcome="success") == 1
         assert not trace.get_current_span().get_span_context().is_valid
 
@@ -606,7 +662,7 @@ class TestGenerator:
         assert list(gen) == ["last"]
         [span] = signals.spans
         assert handled_in == [span.context.span_id]
-        assert span.status.status_code is StatusCode.OK
+        assert span.status.status_code is StatusCode.UNSET
 
     def test_exception_raised_midway_is_a_failure(self, signals: Signals) -> None:
         """An exception from the generator's own code: failure, original traceback."""
@@ -703,7 +759,7 @@ class TestAsyncGenerator:
         await agen.aclose()
         [span] = signals.spans
         assert cleanup == [span.context.span_id]
-        assert span.status.status_code is StatusCode.OK
+        assert span.status.status_code is StatusCode.UNSET
 
     async def test_athrow_unhandled_is_a_failure(self, signals: Signals) -> None:
         """``athrow(exc)`` not handled by the generator: failure, same object out."""

@@ -9,7 +9,7 @@ import logging
 import os
 import re
 import string
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -510,3 +510,291 @@ def test_static_attributes_follow_a_later_configure_scrub() -> None:
         [span] = [s for s in signals.spans if s.name == "billing.scrub_static_later"]
     assert span.attributes is not None
     assert span.attributes["billing.plan_code"] == "[redacted]"
+
+
+# -- hostile text: cut first, linear patterns (DESIGN.md section 4) ------------------------------
+
+#: Texts of a given length that made the scrubber quadratic (or slow) before.
+_HOSTILE_SHAPES: dict[str, Callable[[int], str]] = {
+    "digits and spaces": lambda n: ("1 " * n)[:n],
+    "a digit run before an @": lambda n: "7" * (n - 2) + " @",
+    "dotted words before ://": lambda n: ("a." * n)[: n - 4] + "://@",
+    "a dashed domain": lambda n: "a@" + ("a-" * n)[: n - 2],
+    "address characters before an @": lambda n: "a" * (n - 3) + " @x",
+    "digits and dashes": lambda n: ("4-" * n)[:n],
+    "full-width digits and no-break spaces": lambda n: ("\uff14\u00a0" * n)[:n],
+}
+
+
+class _Counting:
+    """A compiled pattern that records the length of every text it is run on."""
+
+    def __init__(self, pattern: re.Pattern[str], seen: list[int]) -> None:
+        self._pattern = pattern
+        self._seen = seen
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._pattern, name)
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            text = next((a for a in args if isinstance(a, str)), "")
+            self._seen.append(len(text))
+            return method(*args, **kwargs)
+
+        return counted
+
+
+@contextmanager
+def _pattern_inputs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[int]]:
+    """The length of every text any of the scrubber's built-in patterns is run on."""
+    from invariantkit import _safe
+
+    seen: list[int] = []
+    for name, value in vars(_safe).items():
+        if isinstance(value, re.Pattern):
+            monkeypatch.setattr(_safe, name, _Counting(value, seen))
+    yield seen
+
+
+@given(
+    unit=st.one_of(
+        st.sampled_from([shape(40) for shape in _HOSTILE_SHAPES.values()]),
+        st.text(" .-@:/=a1\uff14\u00a0\t", min_size=1, max_size=6),
+    )
+)
+@settings(max_examples=30, deadline=None)
+def test_scrubbing_beyond_the_limit_costs_what_the_limit_costs(unit: str) -> None:
+    """Text 100 times longer than ``SCRUB_LIMIT`` is cut before any pattern runs: the patterns
+    do no more work on it than on the text at the limit, and what is beyond changes nothing."""
+    from invariantkit._safe import SCRUB_LIMIT
+
+    scrubber = Scrubber(patterns=[r"EMP\d+"])
+    at_limit = (unit * (SCRUB_LIMIT // len(unit) + 1))[:SCRUB_LIMIT]
+    huge = at_limit + unit * (100 * SCRUB_LIMIT // len(unit))
+    with pytest.MonkeyPatch.context() as mp, _pattern_inputs(mp) as work_at_limit:
+        scrubber.scrub_text(at_limit)
+    with pytest.MonkeyPatch.context() as mp, _pattern_inputs(mp) as work_huge:
+        scrubbed = scrubber.scrub_text(huge)
+    assert work_huge
+    assert max(work_huge) <= SCRUB_LIMIT
+    assert sum(work_huge) <= sum(work_at_limit) + len(work_huge)
+    assert len(scrubbed) <= SCRUB_LIMIT
+    assert scrubbed == scrubber.scrub_text(at_limit + "else")
+
+
+def _best_of(fn: Any, repeat: int = 5) -> float:
+    import timeit
+
+    return min(timeit.repeat(fn, number=1, repeat=repeat))
+
+
+@pytest.mark.parametrize("shape", list(_HOSTILE_SHAPES), ids=list(_HOSTILE_SHAPES))
+def test_every_pattern_is_linear_in_its_input(shape: str) -> None:
+    """Eight times more hostile text costs about eight times more, not 64 (quadratic): the
+    ratio of the best of five runs, with a generous margin, never a wall-clock bound."""
+    from invariantkit._safe import SCRUB_LIMIT
+
+    scrubber = Scrubber()
+    long = _HOSTILE_SHAPES[shape](SCRUB_LIMIT)
+    short = _HOSTILE_SHAPES[shape](SCRUB_LIMIT // 8)
+    ratio = _best_of(lambda: scrubber.scrub_text(long)) / _best_of(
+        lambda: scrubber.scrub_text(short)
+    )
+    assert ratio < 24, f"{shape}: 8x the text took {ratio:.0f}x the time"
+
+
+def test_hostile_text_is_cut_before_scrubbing_on_every_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """100 KB of hostile text in a failing call's message, a tag, ``extra``, a product event and
+    a span attribute: every sink receives it, cut, and no pattern ever runs on more than
+    ``SCRUB_LIMIT`` characters (the span's stack trace, the Sentry event's exception value and
+    frame variables included)."""
+    from invariantkit._safe import SCRUB_LIMIT, STACK_LIMIT
+
+    hostile = ("1 " * 50_000) + "bob@example.com"
+
+    @ik.billing_operation("hostile_charge")
+    def charge(note: str) -> None:
+        raise ValueError(note)
+
+    with capture_signals() as signals, _pattern_inputs(monkeypatch) as seen:
+        invariant = ik.Invariant(SCRUB_INVARIANT, type="scrub", summary="x")
+        ik.assert_invariant(False, invariant, tags={"note": hostile}, extra={"note": hostile})
+        ik.track("hostile_event", note=hostile)
+        with pytest.raises(ValueError):
+            charge(hostile)
+        ik.flush()
+        assert len(signals.sentry_events) == 2
+        [op_span] = [s for s in signals.spans if s.name == "billing.hostile_charge"]
+        [event] = [e for e in op_span.events if e.name == "exception"]
+        attributes = dict(event.attributes or {})
+        assert len(str(attributes["exception.message"])) <= 500
+        assert len(str(attributes["exception.stacktrace"])) <= STACK_LIMIT
+    assert seen
+    assert max(seen) <= SCRUB_LIMIT
+
+
+# -- the shapes a new user's data takes (issue 18) ------------------------------------------------
+
+#: Digits of other scripts: full-width, Arabic-Indic, Devanagari, mathematical bold.
+_DIGIT_ZEROS = [0x30, 0xFF10, 0x660, 0x966, 0x1D7CE]
+_CARD_SEPARATORS = ["", " ", ".", "-", "\t", "\u00a0", "\u202f", "\u3000", "\u2013", " - "]
+
+
+@st.composite
+def written_cards(draw: st.DrawFn) -> str:
+    """A card number passing Luhn, in any script's digits, grouped by 4 (or 4-6-5) with any of
+    the separators people and PDFs use."""
+    digits = draw(card_numbers()).replace(" ", "").replace("-", "")
+    zero = draw(st.sampled_from(_DIGIT_ZEROS))
+    sep = draw(st.sampled_from(_CARD_SEPARATORS))
+    written = "".join(chr(zero + int(d)) for d in digits)
+    if len(written) == 15 and draw(st.booleans()):
+        return sep.join((written[:4], written[4:10], written[10:]))
+    return sep.join(written[i : i + 4] for i in range(0, len(written), 4))
+
+
+def _b64url(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+jwts = st.builds(
+    lambda sub, sig: ".".join(
+        (
+            _b64url(b'{"alg":"HS256","typ":"JWT"}'),
+            _b64url(json.dumps({"sub": sub, "iat": 1700000000}).encode()),
+            _b64url(sig),
+        )
+    ),
+    st.text(string.ascii_letters + string.digits, min_size=1, max_size=20),
+    st.binary(min_size=16, max_size=32),
+)
+
+
+def _iban(country: str, bban: str) -> str:
+    numeric = "".join(str(int(c, 36)) for c in bban + country + "00")
+    return f"{country}{98 - int(numeric) % 97:02d}{bban}"
+
+
+@st.composite
+def ibans(draw: st.DrawFn) -> str:
+    country = draw(st.sampled_from(["DE", "GB", "FR", "NL", "ES", "CH"]))
+    bban = draw(st.text(string.ascii_uppercase + string.digits, min_size=12, max_size=26))
+    iban = _iban(country, bban)
+    if draw(st.booleans()):
+        return " ".join(iban[i : i + 4] for i in range(0, len(iban), 4))
+    return iban
+
+
+#: A value that cannot appear in the output by chance.
+_SECRET_VALUES = st.builds(
+    "Zq9".__add__, st.text(string.ascii_letters + string.digits, max_size=20)
+)
+
+
+@st.composite
+def shaped_secrets(draw: st.DrawFn) -> tuple[str, str]:
+    """(what must not leave, the text it is written in)."""
+    value = draw(_SECRET_VALUES)
+    kind = draw(st.integers(0, 8))
+    if kind == 0:
+        card = draw(written_cards())
+        return card, card
+    if kind == 1:
+        token = draw(jwts)
+        return token, draw(st.sampled_from([token, f"Authorization: Bearer {token}"]))
+    if kind == 2:
+        key = draw(st.sampled_from(["passphrase", "pin", "ssn", "PIN", "user_ssn", "iban"]))
+        sep = draw(st.sampled_from(["=", ": ", '": "', "="]))
+        return value, f"{key}{sep}{value}"
+    if kind == 3:
+        said = draw(
+            st.sampled_from(
+                [
+                    "my password is {}",
+                    "the PIN was {}",
+                    "passphrase is {} (do not share)",
+                    "Her SSN is {}",
+                ]
+            )
+        )
+        return value, said.format(value)
+    if kind == 4:
+        import base64
+
+        basic = base64.b64encode(f"alice:{value}".encode()).decode()
+        header = draw(st.sampled_from(["Authorization", "authorization", "Proxy-Authorization"]))
+        return basic, f"{header}: Basic {basic}"
+    if kind == 5:
+        header = draw(st.sampled_from(["Cookie", "cookie", "Set-Cookie"]))
+        return value, f"{header}: theme=dark; session={value}; Path=/; HttpOnly"
+    if kind == 6:
+        iban = draw(ibans())
+        return iban, iban
+    if kind == 7:
+        return value, f"Authorization: Digest username=alice, response={value}"
+    token = draw(jwts)
+    return token, f"token={token}"
+
+
+def _shaped_forms(secret: str) -> list[str]:
+    forms = set(_forms(secret))
+    ascii_digits = "".join(str(int(c)) for c in secret if c.isdecimal())
+    if len(ascii_digits) >= 13:
+        forms.add(ascii_digits)
+        forms.add("".join(c for c in secret if c.isdecimal()))
+    compact = secret.replace(" ", "")
+    if compact != secret:
+        forms.add(compact)
+    return [f for f in forms if f]
+
+
+@_HYPOTHESIS
+@given(
+    secret_and_text=shaped_secrets(),
+    prose=_WORDS,
+    key=st.sampled_from(["note", "customer", "detail"]),
+)
+def test_no_shaped_secret_escapes_through_any_sink(
+    secret_and_text: tuple[str, str], prose: str, key: str
+) -> None:
+    """JWTs, cards in any script with any separator, ``passphrase=``/``pin=``/``ssn=``, a
+    password said in prose, Authorization headers (Bearer, Basic, Digest), cookies and IBANs, in
+    tags, extra, product events, span attributes and a failing call's message, reach none of
+    the Sentry envelopes, PostHog messages, spans or log lines (the real SDKs' output)."""
+    secret, written = secret_and_text
+    text = f"{prose}\n{written}\n{prose}"
+    with own_log_output() as own, capture_signals() as signals:
+        invariant = ik.Invariant(SCRUB_INVARIANT, type="scrub", summary="x")
+        ik.assert_invariant(False, invariant, tags={key: text}, extra={key: {"deep": [text]}})
+        ik.track("subscription_started", **{key: text})
+
+        @ik.billing_operation("scrub_shapes", user_facing=True)
+        def charge() -> None:
+            with ik.billing_operation("scrub_shapes_inner") as run:
+                run.set_attribute(key, text)
+            raise ValueError(f"declined: {text}")
+
+        with pytest.raises(ValueError):
+            charge()
+        output = _everything(signals, own)
+        assert len(signals.sentry_events) == 2
+    for form in _shaped_forms(secret):
+        at = output.find(form)
+        assert at < 0, f"{form!r} escaped from {written!r}: {output[max(0, at - 300) : at + 40]}"
+
+
+def test_card_numbers_in_event_names_and_emails_in_our_own_logs_are_scrubbed() -> None:
+    """A card number inside a ``track()`` event name reaches no sink; an e-mail address or card
+    in a bad event name is not quoted in invariantkit's own warning."""
+    with own_log_output() as own, capture_signals() as signals:
+        ik.track("paid with 4242 4242 4242 4242")
+        ik.track("bob@example.com wants [this]")  # invalid name: logged, dropped
+        output = _everything(signals, own)
+        assert len(signals.posthog_events) == 1
+        assert any("dropped" in line for line in own)
+    assert "4242 4242 4242 4242" not in output
+    assert "bob@example.com" not in output

@@ -267,7 +267,7 @@ class TestTestMode:
         """A delay that is not a number of seconds >= 0 names the variable."""
         monkeypatch.setenv("ALERT_TEST_DELAY_SECONDS", value)
         with pytest.raises(
-            ValueError, match=r"ALERT_TEST_DELAY_SECONDS=.* must be a number of seconds >= 0"
+            ValueError, match=r"ALERT_TEST_DELAY_SECONDS=.* must be a number of seconds from 0"
         ):
             alert_test_delay()
 

@@ -653,7 +653,7 @@ class TestAssertions:
                 signals.assert_operation("refund", "success", count=2)
             with pytest.raises(AssertionError, match="did you mean refund"):
                 signals.assert_operation("refnd")
-            with pytest.raises(ValueError, match="'success' or 'failure'"):
+            with pytest.raises(ValueError, match="'success', 'failure' or 'cancelled'"):
                 signals.assert_operation("refund", "ok")
 
     def test_clear_forgets_everything(self) -> None:

@@ -19,6 +19,7 @@ from invariantkit._dispatch import (
     set_counting,
 )
 from invariantkit._dispatch import count_dropped as _count_dropped
+from invariantkit._env import check_environment, seconds
 from invariantkit._record import Record
 from invariantkit._safe import NO_SCRUB, Scrubber
 from invariantkit.sinks._base import Sink, SinkContext
@@ -173,6 +174,7 @@ def configure(
     """
     _check_text("service", service)
     _check_text("environment", environment)
+    check_environment()
     resolved_mode = mode if mode is not None else os.environ.get("INVARIANTKIT_MODE", "report")
     resolved_mode = (
         resolved_mode.strip().lower() if isinstance(resolved_mode, str) else resolved_mode
@@ -264,7 +266,7 @@ def _drain_at_exit() -> None:
 
 def _shutdown_at_exit() -> None:
     try:
-        timeout = float(os.environ.get("INVARIANTKIT_EXIT_TIMEOUT", "2.0"))
+        timeout = seconds("INVARIANTKIT_EXIT_TIMEOUT", 2.0, maximum=600.0)
     except ValueError:
         timeout = 2.0
     shutdown(timeout=timeout)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import os
 import random
+import re
 from collections.abc import Mapping, MutableMapping
 from contextvars import ContextVar, Token
 from types import TracebackType
@@ -13,6 +17,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from invariantkit._safe import REDACTED, Scrubber
 
 __all__ = ["Binding", "correlation_id", "extract", "identify", "inject"]
 
@@ -106,6 +112,15 @@ class Binding:
         self.detach()
 
 
+USER_ID_LIMIT = 200
+#: The key of the user-id pseudonyms; the same value in every process and service makes a
+#: pseudonym the same everywhere (unset: a random key per process).
+PSEUDONYM_KEY_ENV = "INVARIANTKIT_PSEUDONYM_KEY"
+_PROCESS_KEY = os.urandom(32)
+_PHONE = re.compile(r"[+(]?\d[\d\s().-]{5,22}\d")
+_PHONE_SEP = re.compile(r"[\s().-]")
+
+
 def _check_user_id(user_id: object) -> str | None:
     if user_id is None:
         return None
@@ -114,10 +129,65 @@ def _check_user_id(user_id: object) -> str | None:
             "invariantkit.identify(): user_id must be a str (or int, or None for no user), "
             f"not {type(user_id).__name__}"
         )
-    text = str(user_id)
-    if not text or len(text) > 200:
-        raise ValueError("invariantkit.identify(): user_id must be 1 to 200 characters long")
-    return text
+    return user_id_text(user_id)
+
+
+def user_id_text(user_id: str | int) -> str | None:
+    """The user id as it leaves the process. Never raises.
+
+    Empty: None (no user). PII-shaped (an e-mail address, a card number, a phone number
+    written as one): a keyed pseudonym, ``pseudonym:<20 hex>``. Longer than 200 characters
+    (a 5,000-digit int included): cut, with a hash of the whole to keep ids apart.
+    """
+    try:
+        if isinstance(user_id, int):
+            if -(10**180) < user_id < 10**180:
+                text = str(user_id)
+            else:
+                return "int:" + _digest(
+                    user_id.to_bytes((user_id.bit_length() + 8) // 8, "big", signed=True), b""
+                )
+        else:
+            text = user_id
+        if not text:
+            return None
+        pii = _pii_form(text)
+        if pii is not None:
+            return "pseudonym:" + _digest(pii.encode("utf-8", "backslashreplace"), _key())
+        if len(text) > USER_ID_LIMIT:
+            whole = _digest(text.encode("utf-8", "backslashreplace"), b"")
+            return f"{text[: USER_ID_LIMIT - 22]}…{whole}"
+        return text
+    except Exception:
+        return None
+
+
+#: What finds e-mail addresses, and card numbers, in a user id.
+_EMAILS = Scrubber(cards=False, bearer_tokens=False, credentials=False, deny_keys=frozenset())
+_CARDS = Scrubber(emails=False, bearer_tokens=False, credentials=False, deny_keys=frozenset())
+
+
+def _pii_form(text: str) -> str | None:
+    """The normal form of a PII-shaped id (what its pseudonym is made of), else None."""
+    if "@" in text and REDACTED in _EMAILS.scrub_text(text[:400]):
+        return text.lower()  # an e-mail address
+    if len(text) > 64 or not any(c.isdigit() for c in text):
+        return None
+    digits = "".join(str(int(c)) for c in text if c.isdecimal())
+    if REDACTED in _CARDS.scrub_text(text):
+        return digits  # a card number, however it is written
+    if _PHONE.fullmatch(text) and (text.startswith("+") or _PHONE_SEP.search(text)):
+        return digits if 7 <= len(digits) <= 15 else None
+    return None
+
+
+def _key() -> bytes:
+    configured = os.environ.get(PSEUDONYM_KEY_ENV)
+    return configured.encode("utf-8") if configured else _PROCESS_KEY
+
+
+def _digest(data: bytes, key: bytes) -> str:
+    return hmac.new(key, data, hashlib.sha256).hexdigest()[:20]
 
 
 def identify(user_id: str | int | None) -> Binding:
@@ -193,7 +263,7 @@ def inject(headers: MutableMapping[str, str]) -> MutableMapping[str, str]:
     return headers
 
 
-def extract(headers: Mapping[str, str]) -> Binding:
+def extract(headers: Mapping[str, str] | None) -> Binding:
     """Continue the correlation id and user id that ``inject()`` wrote in another service.
 
     Attaches the remote trace context and binds the user id from ``baggage``; use it as a
@@ -205,7 +275,11 @@ def extract(headers: Mapping[str, str]) -> Binding:
         ...     assert ik.correlation_id() == "ab" * 16
     """
     lowered: dict[str, str] = {}
-    for key, value in headers.items():
+    try:
+        items = list(headers.items()) if headers is not None else []
+    except Exception:  # not a mapping: nothing to continue (never an error in request code)
+        items = []
+    for key, value in items:
         name = str(key).lower()
         if name not in lowered:
             lowered[name] = value
@@ -218,5 +292,7 @@ def extract(headers: Mapping[str, str]) -> Binding:
     ctx = _TRACECONTEXT.extract(lowered, context=otel_context.get_current())
     ctx = _BAGGAGE.extract(lowered, context=ctx)
     user = otel_baggage.get_baggage(BAGGAGE_USER_KEY, ctx)
-    user_token = USER.set(_decode_user(user)) if isinstance(user, str) and user else None
+    user_token = (
+        USER.set(user_id_text(_decode_user(user))) if isinstance(user, str) and user else None
+    )
     return Binding(user_token, otel_context.attach(ctx))

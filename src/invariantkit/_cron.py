@@ -25,7 +25,6 @@ from typing import Any, TypeVar, overload
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode
 from typing_extensions import ParamSpec
 
 from invariantkit._catalog import (
@@ -42,7 +41,7 @@ from invariantkit._dispatch import Dispatcher
 from invariantkit._operation import _record_exception
 from invariantkit._record import Record
 from invariantkit._safe import safe_str
-from invariantkit.sinks._sentry_crons import checkin_margin_seconds, monitor_slug
+from invariantkit.sinks._sentry_crons import SLUG_LIMIT, checkin_margin_seconds, monitor_slug
 
 __all__ = ["Cron", "CronRun", "missing_after", "monitor_cron"]
 
@@ -159,7 +158,7 @@ class CronRun:
                 f"cron.{decl.name}",
                 attributes={
                     "cron.name": decl.name,
-                    "cron.monitor_slug": decl.sentry_slug or decl.name,
+                    "cron.monitor_slug": decl.sentry_slug,
                     "cron.check_in_id": self.check_in_id,
                 },
             )
@@ -235,9 +234,7 @@ class CronRun:
             if span is not None:
                 try:
                     span.set_attribute("cron.processed", processed)
-                    if exc is None:
-                        span.set_status(Status(StatusCode.OK))
-                    else:
+                    if exc is not None:  # on success the status stays UNSET (OTel)
                         _record_exception(span, exc)  # message and stack trace scrubbed
                     span.end()
                 except Exception:  # the tracing SDK failing must not lose the check-in
@@ -314,6 +311,11 @@ class Cron:
                 _SLUG,
                 "a Sentry monitor slug: [a-z0-9][a-z0-9_-]*",
             )
+            if len(sentry_slug) > SLUG_LIMIT:
+                raise ValueError(
+                    f"{owner}: sentry_slug={sentry_slug!r} is {len(sentry_slug)} characters; "
+                    f"Sentry keeps {SLUG_LIMIT} (longer slugs would share a monitor)"
+                )
         check_url(owner, runbook_url)
         self.decl = CronDecl(
             name=name,

@@ -36,6 +36,8 @@ def track(event: str, **properties: Any) -> None:
                 safe_str(event, 100),
             )
             return
+        scrubber = current_config().scrubber
+        event = scrubber.scrub_text(event)  # "paid with 4242 4242 4242 4242" is a valid name
         d = STATE.dispatcher or dispatcher()
         ids = current_ids() or (new_trace_id(), new_span_id())
         d.emit(
@@ -47,7 +49,7 @@ def track(event: str, **properties: Any) -> None:
                 format(ids[1], "016x"),
                 USER.get(),
                 time.time(),
-                attributes=safe_mapping(properties, current_config().scrubber),
+                attributes=safe_mapping(properties, scrubber),
             )
         )
     except Exception:

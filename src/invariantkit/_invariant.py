@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Mapping
@@ -210,7 +209,9 @@ def assert_invariant(
     """Return True when ``condition`` holds; otherwise report the violation like
     :func:`report_violation` and return False (or raise :class:`InvariantViolation` in enforce mode).
 
-    When the condition holds this is a branch and a return: keep it on hot paths.
+    When the condition holds this is a branch and a return: keep it on hot paths. A callable
+    ``condition`` (``lambda: ledger.balanced()``) is called, and its result checked: a lazy
+    check; an exception inside it is reported as a violation (never raised).
 
     Example:
         >>> import invariantkit as ik
@@ -221,6 +222,10 @@ def assert_invariant(
         True
     """
     try:
+        if condition is True:
+            return True
+        if callable(condition):
+            condition = condition()
         if condition:
             return True
     except Exception as exc:  # a condition whose truth cannot be told is reported as violated
@@ -383,18 +388,9 @@ get_catalog().subscribe(_on_declare)
 def alert_test_delay() -> float:
     """Seconds ``start_test_mode`` waits before its test alerts: ``ALERT_TEST_DELAY_SECONDS``,
     else ``DEFAULT_TEST_ALERT_DELAY`` (longer than two scrape intervals of a typical Prometheus)."""
-    raw = os.environ.get("ALERT_TEST_DELAY_SECONDS", "").strip()
-    if not raw:
-        return DEFAULT_TEST_ALERT_DELAY
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:  # also rejects NaN
-        raise ValueError(
-            f"invariantkit: ALERT_TEST_DELAY_SECONDS={raw!r} must be a number of seconds >= 0"
-        )
-    return value
+    from invariantkit._env import seconds
+
+    return seconds("ALERT_TEST_DELAY_SECONDS", DEFAULT_TEST_ALERT_DELAY, maximum=86400.0)
 
 
 def start_test_mode(delay: float | None = None) -> threading.Timer | None:

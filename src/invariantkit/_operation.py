@@ -6,7 +6,6 @@ import functools
 import inspect
 import logging
 import time
-import traceback
 from collections.abc import AsyncGenerator, Callable, Coroutine, Generator, Mapping
 from contextvars import ContextVar, Token
 from types import TracebackType
@@ -22,7 +21,7 @@ from invariantkit._config import STATE, dispatcher
 from invariantkit._context import CORRELATION, USER, current_ids, new_span_id, new_trace_id
 from invariantkit._dispatch import Dispatcher
 from invariantkit._record import EMPTY, Record
-from invariantkit._safe import REDACTED, Scrubber, safe_str, scrubbed_str
+from invariantkit._safe import REDACTED, Scrubber, safe_str, scrubbed_str, scrubbed_traceback
 
 __all__ = ["Operation", "OperationRun", "billing_operation", "operation"]
 
@@ -33,8 +32,6 @@ S = TypeVar("S")
 
 logger = logging.getLogger("invariantkit")
 
-_OK = Status(StatusCode.OK)
-_UNSET = StatusCode.UNSET
 _perf_counter = time.perf_counter
 _time = time.time
 _get_user = USER.get
@@ -235,10 +232,8 @@ class OperationRun:
             span = self._span
             if span is not None:
                 try:
-                    # Keep an ERROR set during the call (a violation, or the application).
-                    status = getattr(span, "status", None)
-                    if status is None or status.status_code is _UNSET:
-                        span.set_status(_OK)
+                    # Status left UNSET (OpenTelemetry: OK is the application's to set); an
+                    # ERROR set during the call (a violation, or the application) is kept.
                     span.end()
                 except Exception:  # the tracing SDK failing must not lose the success metric
                     _internal_error("span end")
@@ -278,22 +273,31 @@ class OperationRun:
             _internal_error("operation success path")
 
     def fail(self, exc: BaseException) -> None:
-        """End the run as a failure caused by ``exc`` (which the caller re-raises unchanged)."""
+        """End the run as a failure caused by ``exc`` (which the caller re-raises unchanged).
+
+        A ``BaseException`` that is not an ``Exception`` (``asyncio.CancelledError``,
+        ``KeyboardInterrupt``, ``GeneratorExit``, ``SystemExit``) is no failure: the run ends
+        with outcome ``"cancelled"``, the span's status is left UNSET, no error is counted and
+        no Sentry event is sent.
+        """
+        cancelled = not isinstance(exc, Exception)
         try:
             duration = _perf_counter() - self._start
             span = self._span
-            if span is not None:
+            if span is not None and not cancelled:
                 # The tracing SDK failing must not lose the failure everywhere else.
                 try:
                     _record_exception(span, exc)
                 except Exception:
                     _internal_error("span record_exception")
+            if span is not None:
                 try:
                     span.end()
                 except Exception:
                     _internal_error("span end")
             self._close()
-            self._dispatcher.emit(self._record("operation", "failure", duration, exc))
+            status = "cancelled" if cancelled else "failure"
+            self._dispatcher.emit(self._record("operation", status, duration, exc))
         except Exception:
             _internal_error("operation failure path")
         finally:
@@ -335,23 +339,27 @@ def _scrub_attribute(scrubber: Scrubber, key: str, value: Any) -> Any:
 
 
 def _record_exception(span: trace.Span, exc: BaseException) -> None:
-    """``span.record_exception`` and ERROR status, with the message and the stack trace
-    scrubbed (an exception message often quotes the data that caused it)."""
+    """The span's ``exception`` event, ``error.type`` and ERROR status, with the message and the
+    stack trace cut and scrubbed (an exception message often quotes the data that caused it).
+
+    The event is added directly rather than with ``span.record_exception``, which formats the
+    whole traceback again, uncut, and adds the deprecated ``exception.escaped``.
+    """
     scrubber = _scrubber()
     message = scrubbed_str(exc, scrubber, 500)
-    try:
-        stack = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    except Exception:
-        stack = ""
-    span.record_exception(
-        exc,
-        attributes={
+    kind = type(exc)
+    span.add_event(
+        "exception",
+        {
+            "exception.type": f"{kind.__module__}.{kind.__qualname__}"
+            if kind.__module__ != "builtins"
+            else kind.__qualname__,
             "exception.message": message,
-            "exception.stacktrace": scrubber.scrub_text(stack),
+            "exception.stacktrace": scrubbed_traceback(exc, scrubber),
         },
-        escaped=True,
     )
-    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {message}"))
+    span.set_attribute("error.type", kind.__name__)
+    span.set_status(Status(StatusCode.ERROR, f"{kind.__name__}: {message}"))
 
 
 def _suspend(tokens: tuple[Any, Any] | None) -> None:
@@ -462,7 +470,7 @@ class Operation:
             self._active.reset(run._stack_token)
         except Exception:  # exited in another context than entered: still end the run
             _internal_error("operation context manager exit")
-        if exc is None or isinstance(exc, GeneratorExit):
+        if exc is None:
             run.succeed()
         else:
             run.fail(exc)
@@ -496,6 +504,11 @@ class Operation:
     def __call__(self, fn: Callable[P, Any]) -> Callable[P, Any]:
         if not callable(fn):
             raise TypeError(f"operation({self.decl.name!r}) decorates a function, not {fn!r}")
+        if inspect.isclass(fn):
+            raise TypeError(
+                f"operation({self.decl.name!r}) decorates a function or a method, not the class "
+                f"{fn.__name__}: decorate the methods that are operations"
+            )
         plan = self._plan
         if inspect.isasyncgenfunction(fn):
             return _wrap_async_gen(plan, fn)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import itertools
 import logging
 import math
@@ -27,7 +28,8 @@ __all__ = [
 ]
 
 TAG_VALUE_LIMIT = 200  # Sentry truncates tag values at 200 characters
-TAG_KEY_LIMIT = 32  # ... and keys at 32
+# Sentry keeps 32-character keys of [A-Za-z0-9_.:-]: ``sentry_tags`` makes them so, without
+# collisions; other sinks keep keys up to ``KEY_LIMIT``.
 KEY_LIMIT = 128
 STRING_LIMIT = 8192
 DEPTH_LIMIT = 6
@@ -36,27 +38,41 @@ ITEMS_LIMIT = 100
 #: would otherwise multiply into 10**8 nodes on the caller's thread.
 NODES_LIMIT = 2000
 REDACTED = "[redacted]"
+_REDACTED_STEM = REDACTED[:-1]
 # Text is scrubbed on a window a little longer than what is kept, so that a secret cut in two
 # by the length limit is still recognised whole (an e-mail is at most 254 characters).
 _SCRUB_MARGIN = 512
+#: ``Scrubber.scrub_text`` cuts a longer text to this before any pattern runs: scrubbing costs
+#: the same for 100 KB as for 9 KB.
+SCRUB_LIMIT = STRING_LIMIT + _SCRUB_MARGIN
 
-# A run of digits with single spaces or dashes between them; card numbers are searched inside.
-_DIGIT_RUN = re.compile(r"(?<![0-9])[0-9](?:[ -]?[0-9])*")
-_GROUP_SEP = re.compile(r"[ -]")
-# RFC 5322 "atext" local part (a little of the text before an address may go with it).
-_EMAIL = re.compile(
-    r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+"
-)
-_BEARER = re.compile(r"(?i)\b(bearer)(\s+)[A-Za-z0-9._~+/-]{8,}=*")
-_BASIC = re.compile(r"(?i)\b(basic)(\s+)([A-Za-z0-9+/]{4,}={0,2})")
-_TOKEN_SCHEME = re.compile(r"(?i)\b(token)(\s+)([A-Za-z0-9._~+/-]{16,}=*)")
-# A URL with credentials in its userinfo: Sentry DSNs, database URLs, basic-auth URLs.
-_DSN = re.compile(r"(?i)\b[a-z][a-z0-9+.-]*://[^\s/@]+@[^\s\"'<>]+")
+# Where a word may start: also right after an escaped newline or tab ("\\n" in a repr, as Sentry
+# serialises frame variables), where the "n" would otherwise hide the word boundary.
+_ESC = r"(?<=\\[ntr])"
+#: What may stand between the digit groups of a card number: whitespace (tabs, no-break and
+#: ideographic spaces included), dots, dashes and hyphens of every width, middle dots and
+#: invisible joiners.
+_SEP = r"[\s.\-\u00ad\u00b7\u2010-\u2015\u2212\u200b-\u200d\u2060\ufeff\uff0d\uff0e\u30fb]"
+# A run of digits (any script's: full-width and Arabic-Indic digits too) with up to three
+# separators between groups; card numbers are searched inside. Separators and digits are
+# disjoint, so the run is matched in one pass.
+_DIGIT_RUN = re.compile(r"(?<!\d)\d+(?:" + _SEP + r"{1,3}\d+)*")
+_DIGIT_GROUP = re.compile(r"\d+")
+# RFC 5322 "atext" local part (a little of the text before an address may go with it). The
+# look-behind makes each run of address characters a candidate once, not once per character
+# (which was quadratic in a long run of them).
+_ATEXT = r"\w!#$%&'*+/=?^`{|}~.-"
+_EMAIL = re.compile(r"(?<![" + _ATEXT + r"])[" + _ATEXT + r"]+@[\w-]+(?:\.[\w-]+)+")
+_BEARER = re.compile(r"(?i)(?:\b|" + _ESC + r")(bearer)(\s+)[A-Za-z0-9._~+/-]{8,}=*")
+_BASIC = re.compile(r"(?i)(?:\b|" + _ESC + r")(basic)(\s+)([A-Za-z0-9+/]{4,}={0,2})")
+_TOKEN_SCHEME = re.compile(r"(?i)(?:\b|" + _ESC + r")(token)(\s+)([A-Za-z0-9._~+/-]{16,}=*)")
+# A URL with credentials in its userinfo: Sentry DSNs, database URLs, basic-auth URLs. A scheme
+# starts after a character that cannot be part of one (linear, as for e-mail addresses).
+_DSN = re.compile(r"(?i)(?<![a-z0-9+.-])[a-z][a-z0-9+.-]*://[^\s/@]+@[^\s\"'<>]+")
 # Well-known API key and token shapes (PostHog, Stripe, GitHub, GitLab, Slack, Sentry, AWS,
 # Google, OpenAI-style "sk-").
 _API_KEY = re.compile(
-    r"(?<![A-Za-z0-9])(?:"
+    r"(?:(?<![A-Za-z0-9])|" + _ESC + r")(?:"
     r"(?:phc|phx|sk_live|sk_test|rk_live|rk_test|whsec|ghp|gho|ghu|ghs|ghr|github_pat|"
     r"sntrys|sntryu|sntryi)_[A-Za-z0-9_]{8,}"
     r"|(?:glpat|xox[abpsr]|sk)-[A-Za-z0-9_-]{16,}"
@@ -64,12 +80,34 @@ _API_KEY = re.compile(
     r"|AIza[0-9A-Za-z_-]{35}"
     r")"
 )
-# key=value or key: value inside free text ("password=hunter2", '"token": "abc"', "?api_key=x").
-_KEY_VALUE = re.compile(
-    r"(?<![A-Za-z0-9_.-])([A-Za-z][A-Za-z0-9_.-]{0,63})"
-    r"([\"']?\s*[:=]\s*)"
-    r"(\"[^\"]*\"|'[^']*'|[^\s\"',;&)}\]]+)"
+# A JSON Web Token: base64url header (always '{"...', so "eyJ") and payload, and a signature.
+_JWT = re.compile(r"(?:(?<![\w-])|" + _ESC + r")eyJ[\w-]{4,}\.[\w-]{4,}\.[\w-]*")
+# An IBAN: country, check digits, 11 to 30 letters and digits, grouped or not; confirmed by its
+# mod-97 check in _redact_iban (the longest valid prefix of the candidate).
+_IBAN = re.compile(
+    r"(?:(?<![A-Za-z0-9])|" + _ESC + r")[A-Za-z]{2}[0-9]{2}(?:[ \t\u00a0-]?[A-Za-z0-9]){11,30}"
 )
+_IBAN_SEP = re.compile(r"[ \t\u00a0-]")
+# An HTTP header line whose whole value is a credential (Authorization: Basic/Bearer/Digest...,
+# the cookies of Cookie and Set-Cookie): the value is redacted up to the end of the line.
+_HEADER = re.compile(
+    r"(?im)(?:(?<![\w-])|"
+    + _ESC
+    + r")(proxy-authorization|authorization|set-cookie|cookie)(\s*:[ \t]*)(\S[^\r\n]*)"
+)
+# A secret said in prose: "my password is hunter2", "the PIN was 1234", "ssn: ...".
+_PROSE = re.compile(
+    r"(?i)(?:\b|" + _ESC + r")(password|passphrase|passcode|passwd|pin|ssn|secret|cvv|cvc)"
+    r"((?:\s+(?:number|code))?\s+(?:is|was|=|:)\s+)(\S+)"
+)
+_PROSE_WORDS = ("pass", "pin", "ssn", "secret", "cvv", "cvc")
+# key=value or key: value inside free text ("password=hunter2", '"token": "abc"', "?api_key=x").
+# The value is matched only after a denied key, and only then consumed: the value of any other
+# key is searched again ("reason: passphrase=x" must still find "passphrase").
+_KEY_SEP = re.compile(
+    r"(?:(?<![A-Za-z0-9_.\\-])|" + _ESC + r")([A-Za-z][A-Za-z0-9_.-]{0,63})([\"']?\s*[:=]\s*)"
+)
+_VALUE = re.compile(r"\"[^\"]*\"|'[^']*'|[\"']?[^\s\"',;&)}\]]+")  # quoted, or not (or left open)
 _AUTH_SCHEMES = frozenset({"bearer", "basic", "token", "digest"})
 _CAMEL = re.compile(r"([a-z0-9])([A-Z])")
 _KEY_PARTS = re.compile(r"[^a-z0-9]+")
@@ -77,7 +115,12 @@ _KEY_PARTS = re.compile(r"[^a-z0-9]+")
 DEFAULT_DENY_KEYS: frozenset[str] = frozenset(
     {
         "password",
+        "passphrase",
+        "passcode",
         "passwd",
+        "pin",
+        "ssn",
+        "iban",
         "pwd",
         "secret",
         "token",
@@ -103,55 +146,112 @@ DEFAULT_DENY_KEYS: frozenset[str] = frozenset(
 )
 
 
+#: Luhn doubles every second digit from the right; as a digit (9 subtracted above 9).
+_LUHN_DOUBLE = str.maketrans("0123456789", "0246813579")
+
+
 def _luhn_ok(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
-        if i % 2 == 1:
-            d *= 2
-            if d > 9:
-                d -= 9
-        total += d
-    return total % 10 == 0
+    """The Luhn check of an ASCII digit string."""
+    doubled = digits[-2::-2].translate(_LUHN_DOUBLE)
+    return (sum(map(int, digits[-1::-2])) + sum(map(int, doubled))) % 10 == 0
 
 
 def _normal_key(key: str) -> str:
     return _KEY_PARTS.sub("", key.lower())
 
 
-def _redact_cards(match: re.Match[str]) -> str:
-    run = match.group(0)
-    digits = _GROUP_SEP.sub("", run)
-    if len(digits) < 13:
-        return run
-    if len(digits) <= 19 and _luhn_ok(digits):
-        return REDACTED
-    # A longer run ("4242 4242 4242 4242 12"): redact every group-aligned window of 13 to 19
-    # digits that passes Luhn. Windows never split a group, so a long opaque number is kept.
-    groups = _GROUP_SEP.split(run)
-    seps = _GROUP_SEP.findall(run)
-    covered = [False] * len(groups)
-    for i in range(len(groups)):
-        count = 0
-        for j in range(i, len(groups)):
-            count += len(groups[j])
-            if count > 19:
-                break
-            if count >= 13 and _luhn_ok("".join(groups[i : j + 1])):
-                for k in range(i, j + 1):
-                    covered[k] = True
-    if not any(covered):
-        return run
-    out: list[str] = []
-    for i, group in enumerate(groups):
-        if covered[i]:
-            if not (i > 0 and covered[i - 1]):
-                out.append(REDACTED)
-        else:
-            out.append(group)
-        if i < len(seps) and not (covered[i] and covered[i + 1]):
-            out.append(seps[i])
-    return "".join(out)
+def _ascii_digits(group: str) -> str:
+    """A group of digits of any script as ASCII digits (a group longer than a card, which no
+    window can hold, as zeros: ``int()`` refuses over 4,300 digits)."""
+    if group.isascii():
+        return group
+    if len(group) > 19:
+        return "0" * len(group)
+    return str(int(group)).zfill(len(group))
+
+
+#: Group-aligned windows a text's long digit runs may cost (see ``_Cards``); past it, a run
+#: that would need more is redacted whole. Real text never comes near; hostile text is bounded.
+_WINDOW_BUDGET = 1024
+
+
+class _Cards:
+    """The card-number pass over one text: a ``re.sub`` callback for each run of digits."""
+
+    __slots__ = ("budget",)
+
+    def __init__(self) -> None:
+        self.budget = _WINDOW_BUDGET
+
+    def __call__(self, match: re.Match[str]) -> str:
+        run = match.group(0)
+        if len(run) < 13:
+            return run
+        originals = _DIGIT_GROUP.findall(run)
+        if len(originals) > _WINDOW_BUDGET // 4:
+            return REDACTED  # more groups than can be checked: hostile or a dump, not prose
+        groups = originals if run.isascii() else [_ascii_digits(g) for g in originals]
+        digits = "".join(groups)
+        if len(digits) < 13:
+            return run
+        if len(digits) <= 19:
+            return REDACTED if _luhn_ok(digits) else run
+        if len(groups) == 1:
+            return run  # one long number: an id, not a card
+        # A longer run ("4242 4242 4242 4242 12"): redact every group-aligned window of 13 to 19
+        # digits that passes Luhn. Windows never split a group, so a long opaque number is kept.
+        covered = [False] * len(groups)
+        for i in range(len(groups)):
+            count = 0
+            for j in range(i, len(groups)):
+                self.budget -= 1
+                if self.budget < 0:
+                    return REDACTED
+                count += len(groups[j])
+                if count > 19:
+                    break
+                if count >= 13 and _luhn_ok("".join(groups[i : j + 1])):
+                    for k in range(i, j + 1):
+                        covered[k] = True
+        if not any(covered):
+            return run
+        seps = _DIGIT_GROUP.split(run)[1:-1]
+        out: list[str] = []
+        for i, group in enumerate(originals):
+            if covered[i]:
+                if not (i > 0 and covered[i - 1]):
+                    out.append(REDACTED)
+            else:
+                out.append(group)
+            if i < len(seps) and not (covered[i] and covered[i + 1]):
+                out.append(seps[i])
+        return "".join(out)
+
+
+def _redact_iban(match: re.Match[str]) -> str:
+    """The longest prefix of the candidate that passes the IBAN mod-97 check, redacted."""
+    text = match.group(0)
+    compact = _IBAN_SEP.sub("", text).upper()
+    head = compact[:4]
+    head_value = int("".join(str(int(c, 36)) for c in head))
+    head_scale = 10 ** sum(2 if c.isalpha() else 1 for c in head)
+    remainder = 0
+    longest = 0
+    for n, ch in enumerate(compact[4:], start=5):
+        value = int(ch, 36)
+        remainder = (remainder * (100 if value > 9 else 10) + value) % 97
+        if n >= 15 and (remainder * head_scale + head_value) % 97 == 1:
+            longest = n
+    if not longest:
+        return text
+    # Back to a position in the text: the ``longest``-th letter or digit, separators between.
+    seen = 0
+    for end, ch in enumerate(text, start=1):
+        if ch.isalnum():
+            seen += 1
+            if seen == longest:
+                return REDACTED + text[end:]
+    return REDACTED
 
 
 def _redact_basic(match: re.Match[str]) -> str:
@@ -175,13 +275,17 @@ class Scrubber:
     """What to redact from tags, extra, properties, span attributes and log fields before they
     leave the process.
 
-    Values are searched for card numbers (13 to 19 digits passing the Luhn check, with or without
-    spaces or dashes, also as integers), e-mail addresses, bearer/basic/token credentials,
-    URLs with credentials in them (Sentry DSNs, database URLs) and well-known API key shapes
-    (PostHog ``phc_``, Stripe ``sk_live_``, GitHub ``ghp_``, AWS ``AKIA``...); each match is
-    replaced by ``[redacted]``. A value under a key in ``deny_keys`` is redacted whole: keys match
-    case-insensitively, as a word of the key (``db_password``, ``userPassword``), and ``key=value``
-    pairs inside text are found too. Keys in ``allow_keys`` are "safe fields": their values are
+    Values are searched for card numbers (13 to 19 digits passing the Luhn check, in any
+    script's digits, with or without spaces, dots, dashes, tabs or no-break spaces, also as
+    integers), e-mail addresses, bearer/basic/token credentials, JSON Web Tokens, IBANs,
+    ``Authorization`` headers and cookies, passwords said in prose ("my password is ..."), URLs
+    with credentials in them (Sentry DSNs, database URLs) and well-known API key shapes (PostHog
+    ``phc_``, Stripe ``sk_live_``, GitHub ``ghp_``, AWS ``AKIA``...); each match is replaced by
+    ``[redacted]``. A text is cut to ``SCRUB_LIMIT`` characters before any pattern runs.
+
+    A value under a key in ``deny_keys`` is redacted whole: keys match case-insensitively, as a
+    word of the key (``db_password``, ``userPassword``), and ``key=value`` pairs inside text are
+    found too. Keys in ``allow_keys`` are "safe fields": their values are
     sent as they are. ``patterns`` adds your own regular expressions.
 
     Pass one to ``ik.configure(scrub=...)``; ``scrub=False`` turns scrubbing off.
@@ -276,7 +380,7 @@ class Scrubber:
         )
 
     def tag_key(self, raw: str) -> tuple[str, int]:
-        """``raw`` as a tag key (scrubbed, cut to 32) and what its value gets: ``KEY_ALLOWED``
+        """``raw`` as a tag key (scrubbed, cut to 128) and what its value gets: ``KEY_ALLOWED``
         (kept), ``KEY_DENIED`` (redacted whole) or ``KEY_SCRUBBED`` (scrubbed by pattern).
 
         Cached: a service reports the same few tag keys over and over.
@@ -289,7 +393,7 @@ class Scrubber:
                 verdict = KEY_DENIED
             else:
                 verdict = KEY_SCRUBBED
-            cached = (_key_text(raw, self, TAG_KEY_LIMIT), verdict)
+            cached = (_key_text(raw, self), verdict)
             if len(self._tag_keys) > 4096:
                 self._tag_keys.clear()
             self._tag_keys[raw] = cached
@@ -322,42 +426,86 @@ class Scrubber:
     # -- values ---------------------------------------------------------------------------------
 
     def scrub_text(self, text: str) -> str:
-        """Redact every sensitive substring of ``text``."""
+        """Redact every sensitive substring of ``text``.
+
+        A text longer than ``SCRUB_LIMIT`` (8,704) characters is cut, with ``…``, before any
+        pattern runs; every built-in pattern runs in time linear in what is left.
+        """
+        if len(text) > SCRUB_LIMIT:
+            text = text[: SCRUB_LIMIT - 1] + "…"
         if len(text) < _SHORTEST_SECRET and not self.patterns and not _MAY_HOLD_SHORT(text):
             return text  # too short for a card, key, token or DSN; no "@", "=" or ":"
         if self.cards and _has_digit(text):
-            text = _DIGIT_RUN.sub(_redact_cards, text)
+            text = _DIGIT_RUN.sub(_Cards(), text)
         if self.credentials:
             if "://" in text and "@" in text:
                 text = _DSN.sub(REDACTED, text)
             if "_" in text or "-" in text or "AKIA" in text or "AIza" in text:
                 text = _API_KEY.sub(REDACTED, text)
+            if "eyJ" in text:
+                text = _JWT.sub(REDACTED, text)
+            if len(text) >= 15:
+                text = _IBAN.sub(_redact_iban, text)
         if self.emails and "@" in text:
             text = _EMAIL.sub(REDACTED, text)
+        lowered = text.lower()
+        if self.deny_keys and ":" in text and ("authorization" in lowered or "cookie" in lowered):
+            text = _HEADER.sub(self._redact_header, text)
         if self.bearer_tokens:
-            lowered = text.lower()
             if "bearer" in lowered:
                 text = _BEARER.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
             if "basic" in lowered:
                 text = _BASIC.sub(_redact_basic, text)
             if "token" in lowered:
                 text = _TOKEN_SCHEME.sub(_redact_token_scheme, text)
-        if self.deny_keys and ("=" in text or ":" in text):
-            text = _KEY_VALUE.sub(self._redact_pair, text)
+        if self.deny_keys:
+            if any(word in lowered for word in _PROSE_WORDS):
+                text = _PROSE.sub(self._redact_prose, text)
+            if ("=" in text or ":" in text) and self._may_name_denied(lowered):
+                text = self._redact_pairs(text)
         for pattern in self.patterns:
             text = pattern.sub(REDACTED, text)
         return text
 
-    def _redact_pair(self, match: re.Match[str]) -> str:
-        value = match.group(3)
-        if (
-            value == REDACTED
-            or value.lower() in _AUTH_SCHEMES
-            or not self.key_is_denied(match.group(1))
-        ):
+    def _redact_header(self, match: re.Match[str]) -> str:
+        if not self.key_is_denied(match.group(1)):
             return match.group(0)
-        quote = value[0] if value[:1] in ("'", '"') else ""
-        return f"{match.group(1)}{match.group(2)}{quote}{REDACTED}{quote}"
+        return f"{match.group(1)}{match.group(2)}{REDACTED}"
+
+    def _redact_prose(self, match: re.Match[str]) -> str:
+        if match.group(3) == REDACTED or not self.key_is_denied(match.group(1)):
+            return match.group(0)
+        return f"{match.group(1)}{match.group(2)}{REDACTED}"
+
+    def _may_name_denied(self, lowered: str) -> bool:
+        """False when no key in ``lowered`` text can be denied (none of the denied words is in
+        it, separators removed): the ``key=value`` search is skipped."""
+        squashed = _KEY_PARTS.sub("", lowered)
+        return any(word in squashed for word in self._deny_normal)
+
+    def _redact_pairs(self, text: str) -> str:
+        out: list[str] = []
+        pos = last = 0
+        search = _KEY_SEP.search
+        value_at = _VALUE.match
+        while (match := search(text, pos)) is not None:
+            pos = match.end()
+            if not self.key_is_denied(match.group(1)):
+                continue
+            value = value_at(text, pos)
+            if value is None:
+                continue
+            found = value.group(0)
+            if found.startswith(_REDACTED_STEM) or found.lower() in _AUTH_SCHEMES:
+                continue  # scrubbed already; "Authorization: Bearer ..." is the scheme's to scrub
+            quote = found[0] if found[:1] in ("'", '"') else ""
+            out.append(text[last:pos])
+            out.append(f"{quote}{REDACTED}{quote}")
+            last = pos = value.end()
+        if not out:
+            return text
+        out.append(text[last:])
+        return "".join(out)
 
     def scrub_number(self, value: int) -> int | str:
         """``value``, or ``[redacted]`` when it is a card number written as an integer."""
@@ -374,7 +522,7 @@ class Scrubber:
         return self.scrub_text(value)
 
 
-_ANY_DIGIT = re.compile(r"[0-9]")
+_ANY_DIGIT = re.compile(r"\d")
 #: Every built-in shape but e-mail addresses and ``key=value`` pairs is at least this long
 #: ("basic" + space + 4 characters).
 _SHORTEST_SECRET = 10
@@ -391,8 +539,9 @@ def _has_digit(text: str) -> bool:
 NO_SCRUB = Scrubber(
     cards=False, emails=False, bearer_tokens=False, credentials=False, deny_keys=frozenset()
 )
-#: What is removed from invariantkit's own log lines, whatever the configuration: credentials.
-_LOG_SCRUBBER = Scrubber(cards=False, emails=False)
+#: What is removed from invariantkit's own log lines, whatever the configuration: credentials,
+#: card numbers and e-mail addresses (a bad event name or tag quoted in a warning may hold them).
+_LOG_SCRUBBER = Scrubber()
 
 
 def safe_str(value: object, limit: int = STRING_LIMIT) -> str:
@@ -425,6 +574,32 @@ def scrubbed_str(value: object, scrubber: Scrubber, limit: int = STRING_LIMIT) -
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return text
+
+
+#: An operation's stack trace, as it leaves the process (its end: the innermost frames and the
+#: message), and each of its parts (a frame, a message) at most.
+STACK_LIMIT = 8192
+_STACK_PART_LIMIT = 1000
+
+
+def scrubbed_traceback(exc: BaseException, scrubber: Scrubber, limit: int = STACK_LIMIT) -> str:
+    """The formatted traceback of ``exc``, cut then scrubbed: each part (a frame, an exception
+    message, 100 KB long perhaps) to 1,000 characters, the whole to ``limit`` from its end."""
+    try:
+        parts = traceback.format_exception(type(exc), exc, exc.__traceback__)
+        text = "".join(
+            part
+            if len(part) <= _STACK_PART_LIMIT
+            else scrubbed_str(part, scrubber, _STACK_PART_LIMIT) + "\n"
+            for part in parts
+        )
+        if len(text) <= limit:
+            return scrubber.scrub_text(text)
+        # Scrubbed on a window longer than what is kept: nothing is cut in the middle of a secret.
+        text = scrubber.scrub_text(text[-(limit + _SCRUB_MARGIN) :])
+        return "…" + text[-(limit - 1) :]
+    except BaseException:
+        return "<unreportable>"
 
 
 def _key_text(key: object, scrubber: Scrubber, limit: int = KEY_LIMIT) -> str:
@@ -570,7 +745,8 @@ def safe_mapping(data: Mapping[Any, Any] | None, scrubber: Scrubber) -> dict[str
 
 
 def scrub_for_log(text: str) -> str:
-    """Remove credentials (DSNs, API keys, tokens, ``password=...``) from one of our log lines."""
+    """Remove credentials (DSNs, API keys, tokens, ``password=...``), card numbers and e-mail
+    addresses from one of our log lines."""
     try:
         return _LOG_SCRUBBER.scrub_text(text)
     except BaseException:
@@ -602,6 +778,44 @@ class CredentialFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = scrub_for_log(record.stack_info)
         return True
+
+
+# Sentry's ingestion (Relay) drops a tag whose key is not 1 to 32 of these characters, or whose
+# value holds a newline or is over 200 characters: the event would arrive without it.
+_SENTRY_TAG_KEY = re.compile(r"[A-Za-z0-9_.:-]{1,32}\Z")
+_SENTRY_TAG_BAD = re.compile(r"[^A-Za-z0-9_.:-]")
+_sentry_keys: dict[str, str] = {}
+
+
+def sentry_tag_key(key: str) -> str:
+    """``key`` as a tag key Sentry keeps: unchanged when valid, else its characters replaced by
+    ``_`` and cut to 23, then ``-`` and 8 hex digits of a hash of the whole key (deterministic;
+    two keys never become one)."""
+    valid = _sentry_keys.get(key)
+    if valid is None:
+        if _SENTRY_TAG_KEY.match(key):
+            valid = key
+        else:
+            digest = hashlib.sha256(key.encode("utf-8", "backslashreplace")).hexdigest()[:8]
+            valid = f"{_SENTRY_TAG_BAD.sub('_', key[:23]) or 'tag'}-{digest}"
+        if len(_sentry_keys) > 4096:
+            _sentry_keys.clear()
+        _sentry_keys[key] = valid
+    return valid
+
+
+def sentry_tags(tags: Mapping[str, str]) -> dict[str, str]:
+    """Tags Sentry keeps: valid keys (:func:`sentry_tag_key`), values on one line, at most 200
+    characters."""
+    out: dict[str, str] = {}
+    for key, value in tags.items():
+        text = value if isinstance(value, str) else safe_str(value, TAG_VALUE_LIMIT)
+        if not text.isprintable():  # a newline (or another line break) in it
+            text = " ".join(text.splitlines())
+        if len(text) > TAG_VALUE_LIMIT:
+            text = _cut(text)
+        out[sentry_tag_key(key if isinstance(key, str) else safe_str(key, 64))] = text
+    return out
 
 
 def install_log_filter(logger: logging.Logger) -> None:

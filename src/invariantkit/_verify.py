@@ -209,6 +209,23 @@ def _check_alerts_configured(catalog: Catalog, art: _Artifacts) -> list[Check]:
                 "(import invariantkit.billing and call its checks)",
             )
         )
+    from invariantkit.sinks._sentry_crons import SLUG_LIMIT
+
+    shortened = {
+        name: decl.sentry_slug
+        for name, decl in sorted(catalog.crons.items())
+        if len(name) > SLUG_LIMIT and decl.sentry_slug
+    }
+    if shortened:
+        checks.append(
+            Check(
+                "sentry.cron_slugs",
+                "Sentry cron monitors have the slugs their crons are named by",
+                "warn",
+                "; ".join(f"cron {n}: monitor slug shortened to {s}" for n, s in shortened.items())
+                + f" (Sentry keeps {SLUG_LIMIT} characters; pass sentry_slug= to choose one)",
+            )
+        )
     problems = []
     for name in sorted(catalog.crons):
         for gauge, what in (
@@ -1139,10 +1156,13 @@ def fire_test_alerts(
     pushed = None
     try:
         announce_test_children()
+        lost_before = _sentry_losses(config.sinks)
         sent = fire_test_alert(invariant)
         flushed = ik.flush(timeout=timeout)
         if not flushed:
             problems.append(f"not every sink flushed within {timeout:g} s")
+        if _sentry_losses(config.sinks) > lost_before:
+            problems.append("Sentry did not take the test event (unreachable? check the DSN)")
         if pushgateway is None:
             for sink in config.sinks:
                 url = getattr(sink, "pushgateway", None)
@@ -1161,6 +1181,26 @@ def fire_test_alerts(
                 except Exception:
                     pass
     return FiredResult(sent, names, flushed, source, pushed, problems)
+
+
+def _sentry_losses(sinks: Sequence[Any]) -> float:
+    """Events the Sentry SDK lost so far (network errors...), as the Prometheus sinks count
+    them in ``invariantkit_sink_dropped_total{sink="sentry"}``."""
+    total = 0.0
+    for sink in sinks:
+        registry = (
+            getattr(sink, "registry", None) if getattr(sink, "name", "") == "prometheus" else None
+        )
+        if registry is None:
+            continue
+        for family in registry.collect():
+            if family.name == "invariantkit_sink_dropped":
+                total += sum(
+                    s.value
+                    for s in family.samples
+                    if s.name.endswith("_total") and s.labels.get("sink") == "sentry"
+                )
+    return total
 
 
 def _push(sinks: Sequence[Any], registry: Any, url: str) -> tuple[str | None, str | None]:

@@ -27,7 +27,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
-import typer
+_EXTRA = "the invariantkit command needs the [cli] extra: pip install 'invariantkit[cli]'"
+try:
+    import typer
+except ImportError as _missing:  # a bare install: name the extra, not a traceback
+    if os.path.basename(sys.argv[0] or "").startswith("invariantkit") or __name__ == "__main__":
+        sys.stderr.write(f"invariantkit: error: {_EXTRA}\n")
+        raise SystemExit(2) from None
+    raise ModuleNotFoundError(f"{_EXTRA} ({_missing})", name="typer") from _missing
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -767,6 +774,12 @@ def fire_test_alert(
     from invariantkit._verify import fire_test_alerts, render_fired
 
     load_modules(module or [], require=False)
+    from invariantkit._catalog import get_catalog
+
+    declared = get_catalog().invariants
+    if invariant is not None and invariant not in declared:
+        known = ", ".join(sorted(declared)) or "none"
+        raise CliError(f"invariant {invariant!r} is not declared (declared: {known})")
     result = fire_test_alerts(
         invariant=invariant,
         pushgateway=pushgateway or os.environ.get("PROMETHEUS_PUSHGATEWAY") or None,

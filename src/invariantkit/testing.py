@@ -467,8 +467,8 @@ class Signals:
     def assert_operation(
         self, name: str, /, outcome: str | None = None, *, count: int | None = None
     ) -> Record:
-        """Assert that operation ``name`` ended (with ``outcome`` ``"success"`` or
-        ``"failure"`` when given); return the first matching record. With ``count``, assert
+        """Assert that operation ``name`` ended (with ``outcome`` ``"success"``,
+        ``"failure"`` or ``"cancelled"`` when given); return the first matching record. With ``count``, assert
         exactly that many.
 
         Example:
@@ -480,9 +480,9 @@ class Signals:
             ...     signals.assert_operation("refund", "success", count=1).status
             'success'
         """
-        if outcome is not None and outcome not in ("success", "failure"):
+        if outcome is not None and outcome not in ("success", "failure", "cancelled"):
             raise ValueError(
-                f"Signals.assert_operation(outcome={outcome!r}): must be 'success' or 'failure'"
+                f"Signals.assert_operation(outcome={outcome!r}): must be 'success', 'failure' or 'cancelled'"
             )
         ops = [r for r in self.records if r.kind == "operation"]
         matching = [r for r in ops if r.name == name and outcome in (None, r.status)]

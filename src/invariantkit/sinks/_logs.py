@@ -27,7 +27,7 @@ _EVENTS = {
 def _level_and_event(record: Record) -> tuple[int, str]:
     kind = record.kind
     if kind == "operation":
-        if record.status == "success":
+        if record.status in ("success", "cancelled"):
             return logging.INFO, "operation.end"
         return logging.ERROR, "operation.end"
     if kind == "violation":

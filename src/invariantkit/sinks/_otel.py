@@ -44,6 +44,13 @@ class OtelTraces:
     deferred: ClassVar[bool] = False
 
     def __init__(self, tracer_provider: trace.TracerProvider | None = None) -> None:
+        if tracer_provider is not None and not callable(
+            getattr(tracer_provider, "get_tracer", None)
+        ):
+            raise TypeError(
+                "OtelTraces(tracer_provider=...) must be an OpenTelemetry TracerProvider (with "
+                f"get_tracer()) or None (the global one), not {type(tracer_provider).__name__}"
+            )
         self.provider = tracer_provider
         source = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
         self.tracer: trace.Tracer = source.get_tracer("invariantkit", _VERSION)

@@ -164,6 +164,8 @@ class PostHog(Bound):
             decl = record.declaration
             if decl is None or not getattr(decl, "user_facing", False):
                 return
+            if record.status == "cancelled":
+                return  # not an outcome the user saw: no product event
             props: dict[str, Any] = {
                 "operation": record.name,
                 "domain": decl.domain,  # type: ignore[union-attr]

@@ -262,6 +262,11 @@ class PrometheusMetrics(Bound):
                 "invariantkit.sinks.PrometheusMetrics needs prometheus-client: "
                 "pip install 'invariantkit[prometheus]'"
             ) from exc
+        if registry is not None and not isinstance(registry, prometheus_client.CollectorRegistry):
+            raise TypeError(
+                "PrometheusMetrics(registry=...) must be a prometheus_client.CollectorRegistry "
+                f"or None (the default registry), not {type(registry).__name__}"
+            )
         _check_pushgateway(pushgateway)
         textfile = _check_textfile(textfile)
         self.grouping_key: dict[str, str] = _check_grouping_key(grouping_key)

@@ -7,6 +7,7 @@ verify`` and the demo all build their sinks here, so adding a backend is one ent
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -46,12 +47,9 @@ def _prometheus(registry: Any = None, **options: Any) -> Sink:
 
 
 def _sentry_detected() -> bool:
-    try:
-        from invariantkit.sinks._sentry import sentry_active
-
-        return sentry_active()
-    except ImportError:  # sentry-sdk not installed (or not importable)
-        return False
+    # Installed is enough: the sink binds to the active client when it delivers, so configure()
+    # may come before sentry_sdk.init() (app factories); nothing is sent while none is active.
+    return importlib.util.find_spec("sentry_sdk") is not None
 
 
 def _sentry(client: Any = None) -> Sink:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -201,9 +203,11 @@ class Sentry(Bound):
     # -- helpers --------------------------------------------------------------------------------
 
     def _scope_kwargs(self, record: Record, tags: dict[str, str]) -> dict[str, Any]:
+        from invariantkit._safe import sentry_tags
+
         tags["trace_id"] = record.trace_id
         kwargs: dict[str, Any] = {
-            "tags": tags,
+            "tags": sentry_tags(tags),  # keys and values Sentry's ingestion keeps
             "contexts": {"trace": {"trace_id": record.trace_id, "span_id": record.span_id}},
         }
         if record.user_id is not None:
@@ -251,13 +255,15 @@ class Sentry(Bound):
             exc = record.exception
             if record.status != "failure" or not isinstance(exc, Exception):
                 return None
-            if _already_reported(exc) or getattr(exc, _REPORTED, False):
+            if _already_reported(exc):
                 return None
         elif kind == "constraint":
             if record.status != "missing":
                 return None
         elif kind not in ("violation", "db_error", "cron"):
             return None
+        if not self._client().is_active():
+            return None  # no sentry_sdk.init() yet (or a closed client): nothing to send
         # Keep what the caller's scopes know (request, breadcrumbs, tags); capture off the path.
         sdk = self._sdk
         return sdk.get_isolation_scope().fork(), sdk.get_current_scope().fork()
@@ -390,22 +396,23 @@ _REPORTED_ELSEWHERE = frozenset(
 )
 
 
-_REPORTED = "_invariantkit_sentry_reported"
+#: The exceptions sent last (the worker sends them one at a time, in order).
+_REPORTED: collections.deque[BaseException] = collections.deque(maxlen=16)
+_REPORTED_LOCK = threading.Lock()
 
 
 def first_report(exc: BaseException) -> bool:
-    """Mark ``exc`` as sent to Sentry; False when it already was.
+    """Remember ``exc`` as sent to Sentry; False when it already was.
 
     An exception that fails nested operations (a charge inside a renewal inside a cron run) is
-    one failure: the innermost operation, which knows most, reports it, the others only count it.
-    Exceptions do not support weak references, so the mark is an attribute on the exception.
+    one failure: the innermost operation, which knows most, reports it, the others only count it;
+    their records follow it closely on the worker. Exceptions support no weak references and are
+    the user's objects, never changed: the last few sent are held (by identity) instead.
     """
-    if getattr(exc, _REPORTED, False):
-        return False
-    try:
-        setattr(exc, _REPORTED, True)
-    except Exception:
-        pass  # an exception type with __slots__: report it every time rather than never
+    with _REPORTED_LOCK:
+        if any(seen is exc for seen in _REPORTED):
+            return False
+        _REPORTED.append(exc)
     return True
 
 

@@ -9,6 +9,7 @@ tagged ``cron`` and ``monitor_slug``, in the same trace as the run.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -63,9 +64,19 @@ def monitor_config(every: float, max_runtime: float) -> dict[str, Any]:
     }
 
 
+#: Sentry keeps the first 50 characters of a monitor slug: longer ones would share a monitor.
+SLUG_LIMIT = 50
+
+
 def monitor_slug(name: str, sentry_slug: str | None = None) -> str:
-    """The Sentry monitor slug of cron ``name``: ``sentry_slug``, else the name with hyphens."""
-    return sentry_slug or name.replace("_", "-")
+    """The Sentry monitor slug of cron ``name``: ``sentry_slug``, else the name with hyphens;
+    over 50 characters, its first 41 then ``-`` and 8 hex digits of a hash of the whole
+    (deterministic: the same in every process, two crons never share a monitor)."""
+    slug = sentry_slug or name.replace("_", "-")
+    if len(slug) <= SLUG_LIMIT:
+        return slug
+    digest = hashlib.sha256(slug.encode()).hexdigest()[:8]
+    return f"{slug[:41]}-{digest}"
 
 
 _STATUSES = {"in_progress": "in_progress", "ok": "ok"}
