@@ -36,7 +36,8 @@ for bin in prometheus promtool prometheus-alertmanager amtool prometheus-pushgat
     command -v "$bin" >/dev/null 2>&1 || need_apt+=("$bin")
 done
 [[ -x /usr/lib/postgresql/15/bin/initdb ]] || need_apt+=(postgresql-15)
-packages=(prometheus prometheus-alertmanager prometheus-pushgateway postgresql-15)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+packages=(prometheus prometheus-alertmanager prometheus-pushgateway postgresql-15 redis-server)
 # A bare Debian image may lack python3 or its venv module.
 if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     need_apt+=(python3-venv)

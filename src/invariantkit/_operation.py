@@ -20,6 +20,7 @@ from typing_extensions import ParamSpec
 from invariantkit._catalog import LABEL_VALUE, LOWER_SNAKE, OperationDecl, check_name, get_catalog
 from invariantkit._config import STATE, dispatcher
 from invariantkit._context import CORRELATION, USER, current_ids, new_span_id, new_trace_id
+from invariantkit._control_flow import is_control_flow as _is_control_flow
 from invariantkit._dispatch import Dispatcher
 from invariantkit._record import EMPTY, Record
 from invariantkit._safe import REDACTED, Scrubber, safe_str, scrubbed_str
@@ -279,6 +280,8 @@ class OperationRun:
 
     def fail(self, exc: BaseException) -> None:
         """End the run as a failure caused by ``exc`` (which the caller re-raises unchanged)."""
+        if _is_control_flow(exc):  # Celery's Retry/Ignore/Reject (integrations/celery.py)
+            return self.succeed()
         try:
             duration = _perf_counter() - self._start
             span = self._span

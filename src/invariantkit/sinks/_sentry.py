@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from invariantkit._sentry_scope import mark_reported
 from invariantkit.sinks._base import SinkUnavailable
 
 if TYPE_CHECKING:
@@ -245,6 +246,7 @@ class Sentry:
                 return None
             if _already_reported(exc) or getattr(exc, _REPORTED, False):
                 return None
+            mark_reported(exc)  # Sentry's framework integrations drop their copy of it
         elif kind == "constraint":
             if record.status != "missing":
                 return None

@@ -1,0 +1,91 @@
+"""Starlette and FastAPI (any ASGI app): one invariantkit context per request.
+
+Example:
+    >>> from starlette.applications import Starlette
+    >>> from invariantkit.integrations.asgi import InvariantkitMiddleware
+    >>> app = Starlette()
+    >>> app.add_middleware(InvariantkitMiddleware, user_id=lambda request: None)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from invariantkit import _sentry_scope
+from invariantkit.integrations._common import RequestContext, header, require
+
+if TYPE_CHECKING:
+    from starlette.requests import HTTPConnection
+
+__all__ = ["InvariantkitMiddleware"]
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class InvariantkitMiddleware:
+    """A pure ASGI middleware: each HTTP or WebSocket connection runs in its own invariantkit
+    context, continuing the incoming ``traceparent``/``baggage`` (unless OpenTelemetry's ASGI
+    instrumentation already made a span current) and binding the user.
+
+    Args:
+        app: the ASGI application to wrap.
+        user_id: ``f(connection) -> str | int | None``, given a
+            ``starlette.requests.HTTPConnection``: the user of the request (say, from the
+            session or a verified token). Default: the ``user_id`` in the incoming ``baggage``,
+            else no user. Needs Starlette (``pip install 'invariantkit[fastapi]'``).
+
+    A user bound with ``ik.identify()`` inside a handler, with or without ``with``, ends with the
+    request. Lifespan and other scopes pass through untouched.
+
+    Example:
+        >>> from fastapi import FastAPI
+        >>> from invariantkit.integrations.asgi import InvariantkitMiddleware
+        >>> app = FastAPI()
+        >>> app.add_middleware(
+        ...     InvariantkitMiddleware, user_id=lambda request: request.headers.get("x-user")
+        ... )
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        user_id: Callable[[HTTPConnection], str | int | None] | None = None,
+    ) -> None:
+        if user_id is not None and not callable(user_id):
+            raise TypeError(
+                "InvariantkitMiddleware(user_id=...): expected a function of the request, got "
+                f"{type(user_id).__name__}"
+            )
+        self.app = app
+        self.user_id = user_id
+        self._connection: Any = None
+        if user_id is not None:
+            requests = require(
+                "starlette.requests", "fastapi", "invariantkit.integrations.asgi(user_id=...)"
+            )
+            self._connection = requests.HTTPConnection
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        with _sentry_scope.isolation():
+            headers = scope.get("headers") or ()
+            user = None
+            if self.user_id is not None:
+                user_id, connection = self.user_id, self._connection
+
+                def user() -> object:
+                    return user_id(connection(scope))
+
+            context = RequestContext()
+            context.enter(header(headers, "traceparent"), header(headers, "baggage"), user)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                context.leave()
