@@ -1,0 +1,137 @@
+"""Real servers for the framework integration tests: uvicorn, waitress and redis-server, each on
+a free 127.0.0.1 port, bounded in time and stopped by the context manager."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+__all__ = ["Redis", "sentry_with_integrations", "serve_asgi", "serve_wsgi"]
+
+START_TIMEOUT = 15.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float = START_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+@contextlib.contextmanager
+def serve_asgi(app: Any) -> Iterator[str]:
+    """uvicorn serving ``app`` in a thread; yields the base URL."""
+    import uvicorn
+
+    port = _free_port()
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", backlog=2048
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    try:
+        _wait_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10.0)
+        assert not thread.is_alive(), "uvicorn did not stop"
+
+
+@contextlib.contextmanager
+def serve_wsgi(app: Any, threads: int = 8) -> Iterator[str]:
+    """waitress serving ``app`` in a thread; yields the base URL."""
+    from waitress.server import create_server
+
+    server = create_server(app, host="127.0.0.1", port=0, threads=threads)
+    port = server.effective_port  # type: ignore[union-attr]
+    thread = threading.Thread(target=server.run, name="waitress", daemon=True)
+    thread.start()
+    try:
+        _wait_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+        thread.join(10.0)
+        assert not thread.is_alive(), "waitress did not stop"
+
+
+class Redis:
+    """Debian's ``redis-server`` on a free port, in a temporary directory, no persistence."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self._dir = tempfile.mkdtemp(prefix="ik-redis-")
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def __enter__(self) -> Redis:
+        binary = shutil.which("redis-server") or "/usr/bin/redis-server"
+        self._proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                self._dir,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        _wait_port(self.port)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(5)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def sentry_with_integrations(dsn: str) -> Iterator[Any]:
+    """``sentry_sdk.init`` with its default and auto-enabled integrations (Starlette, FastAPI,
+    Flask, Django, Celery, logging...) and tracing; the previous client is restored after."""
+    import sentry_sdk
+
+    scope = sentry_sdk.get_global_scope()
+    previous = scope.client
+    sentry_sdk.init(dsn=dsn, traces_sample_rate=1.0, environment="test")
+    client = sentry_sdk.get_client()
+    try:
+        yield client
+    finally:
+        client.flush(timeout=2.0)
+        scope.set_client(previous)
+        client.close(timeout=2.0)
