@@ -18,20 +18,25 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 __all__ = [
     "align_trace",
     "current_trace",
     "drop_duplicate",
+    "duplicates",
     "isolation",
     "mark_reported",
+    "recording",
     "set_user",
 ]
 
 #: Set on an exception whose failure an operation reports to Sentry (see ``sinks._sentry``).
 REPORTED = "_invariantkit_reported"
 _installed = False
+#: Under ``capture_signals()``: event id -> the exception each outgoing Sentry event reports.
+_recording: dict[str, BaseException] | None = None
 
 
 def _sdk() -> Any:
@@ -66,16 +71,47 @@ def mark_reported(exc: BaseException) -> None:
     Runs on the caller's thread, before the exception leaves the operation: the framework
     captures it later on the same thread, while invariantkit's own event may still be queued.
     """
-    global _installed
     try:
         setattr(exc, REPORTED, True)
     except Exception:
         return  # an exception type with __slots__: both events are kept rather than neither
+    _install()
+
+
+def _install() -> None:
+    global _installed
     if not _installed:
         _installed = True
         from sentry_sdk.scope import add_global_event_processor
 
         add_global_event_processor(drop_duplicate)
+
+
+@contextlib.contextmanager
+def recording(into: dict[str, BaseException]) -> Iterator[dict[str, BaseException]]:
+    """Record, for each Sentry event that leaves :func:`drop_duplicate`, the exception object it
+    reports (``into[event_id]``): ``Signals.sentry_duplicates`` finds two events of one failure."""
+    global _recording
+    _install()
+    previous, _recording = _recording, into
+    try:
+        yield into
+    finally:
+        _recording = previous
+
+
+def duplicates(events: list[dict[str, Any]], reported: dict[str, BaseException]) -> list[Any]:
+    """The events in ``events`` that report an exception object an earlier event reported."""
+    seen: set[int] = set()
+    out = []
+    for event in events:
+        exc = reported.get(event.get("event_id", ""))
+        if exc is None:
+            continue
+        if id(exc) in seen:
+            out.append(event)
+        seen.add(id(exc))
+    return out
 
 
 def _mechanisms(event: Any) -> set[str]:
@@ -105,13 +141,17 @@ def drop_duplicate(event: Any, hint: Any) -> Any:
     """
     try:
         exc_info = (hint or {}).get("exc_info")
-        if not exc_info or not getattr(exc_info[1], REPORTED, False):
+        if not exc_info:
             return event
-        kinds = _mechanisms(event)
-        # "generic" is what capture_exception() gives: invariantkit's own event, or one the
-        # application captured on purpose. Integrations name themselves ("starlette", "django").
-        if kinds and "generic" not in kinds:
-            return None
+        if getattr(exc_info[1], REPORTED, False):
+            kinds = _mechanisms(event)
+            # "generic" is what capture_exception() gives: invariantkit's own event, or one the
+            # application captured on purpose. Integrations name themselves ("starlette").
+            if kinds and "generic" not in kinds:
+                return None
+        recording = _recording
+        if recording is not None and isinstance(exc_info[1], BaseException):
+            recording[str(event.get("event_id"))] = exc_info[1]
     except Exception:
         pass
     return event

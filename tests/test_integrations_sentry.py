@@ -1,0 +1,79 @@
+"""identify() on Sentry's isolation scope, the duplicate a framework's Sentry integration would
+send, and how the ``signals`` fixture reports one failure sent twice."""
+
+from __future__ import annotations
+
+import pytest
+import sentry_sdk
+from flask import Flask
+from sentry_sdk.integrations.flask import FlaskIntegration
+
+import invariantkit as ik
+from invariantkit.integrations.wsgi import InvariantkitMiddleware
+from invariantkit.testing import capture_signals
+
+
+class ProviderDown(Exception):
+    pass
+
+
+def make_app(*, recapture: bool) -> Flask:
+    app = Flask(__name__)
+    app.wsgi_app = InvariantkitMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, user_id=lambda environ: environ.get("HTTP_X_USER")
+    )
+
+    @ik.operation("charge")
+    def charge() -> None:
+        raise ProviderDown("base pay is down")
+
+    @app.get("/fail")
+    def fail() -> str:
+        charge()
+        return "unreachable"
+
+    if recapture:
+
+        @app.errorhandler(ProviderDown)
+        def handle(exc: ProviderDown) -> tuple[str, int]:
+            sentry_sdk.capture_exception(exc)  # the application reports it once more
+            return "down", 503
+
+    return app
+
+
+def test_flasks_own_copy_is_dropped_and_ours_kept() -> None:
+    """With Flask's Sentry integration on, one failure is one event: invariantkit's."""
+    with capture_signals(sentry_options={"integrations": [FlaskIntegration()]}) as signals:
+        response = make_app(recapture=False).test_client().get("/fail", headers={"x-user": "u1"})
+        assert response.status_code == 500
+        [event] = signals.sentry_events
+        assert event["tags"]["operation"] == "charge"
+        assert event["user"]["id"] == "u1"
+        assert signals.sentry_duplicates == []
+        signals.assert_correlated()
+
+
+def test_the_signals_fixture_reports_one_failure_sent_twice() -> None:
+    """A handler that captures the failure again: sentry_duplicates shows the second event and
+    assert_correlated() fails on it."""
+    with capture_signals(sentry_options={"integrations": [FlaskIntegration()]}) as signals:
+        response = make_app(recapture=True).test_client().get("/fail")
+        assert response.status_code == 503
+        assert len(signals.sentry_events) == 2
+        [duplicate] = signals.sentry_duplicates
+        assert duplicate["exception"]["values"][-1]["type"] == "ProviderDown"
+        with pytest.raises(AssertionError, match="repeats a failure"):
+            signals.assert_correlated()
+
+
+def test_identify_sets_the_user_on_sentrys_isolation_scope() -> None:
+    """Events Sentry makes on its own (here capture_message) carry the identified user."""
+    with capture_signals() as signals, sentry_sdk.isolation_scope():
+        ik.identify("user_42")
+        sentry_sdk.capture_message("from the framework")
+        ik.identify(None)
+        sentry_sdk.capture_message("anonymous")
+        first, second = signals.sentry_events
+    assert first["user"] == {"id": "user_42"}
+    assert "user" not in second or not second["user"].get("id")
