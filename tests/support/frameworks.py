@@ -12,18 +12,14 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from support.servers import free_port
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
 __all__ = ["Redis", "sentry_with_integrations", "serve_asgi", "serve_wsgi"]
 
 START_TIMEOUT = 15.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_port(port: int, timeout: float = START_TIMEOUT) -> None:
@@ -40,7 +36,7 @@ def serve_asgi(app: Any) -> Iterator[str]:
     """uvicorn serving ``app`` in a thread; yields the base URL."""
     import uvicorn
 
-    port = _free_port()
+    port = free_port()
     config = uvicorn.Config(
         app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", backlog=2048
     )
@@ -78,7 +74,7 @@ class Redis:
     """Debian's ``redis-server`` on a free port, in a temporary directory, no persistence."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self._dir = tempfile.mkdtemp(prefix="ik-redis-")
         self._proc: subprocess.Popen[bytes] | None = None
 
