@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 __all__ = [
+    "active_sdk",
     "align_trace",
     "current_trace",
     "drop_duplicate",
@@ -39,7 +40,7 @@ _installed = False
 _recording: dict[str, BaseException] | None = None
 
 
-def _sdk() -> Any:
+def active_sdk() -> Any:
     """The ``sentry_sdk`` module when it is imported and initialised, else None."""
     sdk = sys.modules.get("sentry_sdk")
     if sdk is None:
@@ -56,7 +57,7 @@ def set_user(user_id: str | None) -> None:
     Called by ``identify()`` with the value it binds (after its own PII handling), so the user
     Sentry sees is the one every other signal carries. Never raises.
     """
-    sdk = _sdk()
+    sdk = active_sdk()
     if sdk is None:
         return
     try:
@@ -157,12 +158,9 @@ def drop_duplicate(event: Any, hint: Any) -> Any:
     return event
 
 
-def current_trace() -> tuple[str, str] | None:
+def current_trace(sdk: Any) -> tuple[str, str] | None:
     """The ``(trace_id, span_id)`` of Sentry's current span (a transaction that Sentry's own
-    framework integration started for this request), else None."""
-    sdk = _sdk()
-    if sdk is None:
-        return None
+    framework integration started for this request), else None. ``sdk``: :func:`active_sdk`."""
     try:
         span = sdk.get_current_span()
         if span is None:
@@ -182,7 +180,7 @@ def sdk_span_id() -> str:
 def align_trace(trace_id: str) -> None:
     """Give Sentry's current transaction (and its open spans' future children) ``trace_id``: the
     framework's transaction and error events then share the correlation id of our own events."""
-    sdk = _sdk()
+    sdk = active_sdk()
     if sdk is None:
         return
     try:
@@ -199,13 +197,10 @@ def align_trace(trace_id: str) -> None:
         pass
 
 
-def isolation() -> Any:
-    """A fresh Sentry isolation scope for one request or task when Sentry is active and no
-    Sentry integration has started a transaction (which forks its own), else a null context: a
-    user set on the scope never reaches the next request."""
-    sdk = _sdk()
-    if sdk is None:
-        return contextlib.nullcontext()
+def isolation(sdk: Any) -> Any:
+    """A fresh Sentry isolation scope for one request or task when no Sentry integration has
+    started a transaction (which forks its own), else a null context: a user set on the scope
+    never reaches the next request. ``sdk``: :func:`active_sdk`."""
     try:
         if sdk.get_current_span() is None:
             return sdk.isolation_scope()

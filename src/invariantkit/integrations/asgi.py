@@ -12,8 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from invariantkit import _sentry_scope
-from invariantkit.integrations._common import RequestContext, header, require
+from invariantkit.integrations._common import RequestContext, require
 
 if TYPE_CHECKING:
     from starlette.requests import HTTPConnection
@@ -63,29 +62,32 @@ class InvariantkitMiddleware:
             )
         self.app = app
         self.user_id = user_id
-        self._connection: Any = None
+        self._user: Callable[[Scope], object] | None = None
         if user_id is not None:
-            requests = require(
+            connection = require(
                 "starlette.requests", "fastapi", "invariantkit.integrations.asgi(user_id=...)"
-            )
-            self._connection = requests.HTTPConnection
+            ).HTTPConnection
+
+            def user(scope: Scope) -> object:
+                return user_id(connection(scope))
+
+            self._user = user
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        with _sentry_scope.isolation():
-            headers = scope.get("headers") or ()
-            user = None
-            if self.user_id is not None:
-                user_id, connection = self.user_id, self._connection
-
-                def user() -> object:
-                    return user_id(connection(scope))
-
-            context = RequestContext()
-            context.enter(header(headers, "traceparent"), header(headers, "baggage"), user)
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                context.leave()
+        headers = dict(scope.get("headers") or ())  # in C; a repeated name keeps the last
+        traceparent = headers.get(b"traceparent")
+        baggage = headers.get(b"baggage")
+        context = RequestContext()
+        context.enter(
+            traceparent.decode("latin-1") if traceparent is not None else None,
+            baggage.decode("latin-1") if baggage is not None else None,
+            self._user,
+            scope,
+        )
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            context.leave()

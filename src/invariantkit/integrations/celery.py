@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping, MutableMapping
 from typing import Any
 
-from invariantkit import _control_flow, _sentry_scope
+from invariantkit import _control_flow
 from invariantkit._context import inject
 from invariantkit.integrations._common import RequestContext, require
 
@@ -114,11 +114,9 @@ def _prerun(task: Any = None, **_: Any) -> None:
         request = task.request
         if getattr(request, "is_eager", False):
             return  # task.apply(): the task runs inside its caller's own context
-        isolation = _sentry_scope.isolation()
-        isolation.__enter__()
         context = RequestContext()
         context.enter(_lookup(request, "traceparent"), _lookup(request, "baggage"))
-        setattr(request, _RUNNING, (context, isolation))
+        setattr(request, _RUNNING, context)
     except Exception:
         logger.warning("invariantkit: could not enter a task's context", exc_info=True)
 
@@ -129,12 +127,10 @@ def _postrun(task: Any = None, **_: Any) -> None:
         return
     try:
         request = task.request
-        running = getattr(request, _RUNNING, None)
-        if running is None:
+        context = getattr(request, _RUNNING, None)
+        if context is None:
             return
         setattr(request, _RUNNING, None)
-        context, isolation = running
         context.leave()
-        isolation.__exit__(None, None, None)
     except Exception:
         logger.warning("invariantkit: could not leave a task's context", exc_info=True)

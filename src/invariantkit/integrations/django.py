@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from invariantkit import _sentry_scope
 from invariantkit.integrations._common import RequestContext, require
 
 __all__ = ["InvariantkitMiddleware", "default_user_id"]
@@ -20,7 +19,14 @@ _NEEDS = "invariantkit.integrations.django"
 
 def default_user_id(request: Any) -> object:
     """``request.user.pk`` when the user is authenticated, else None (also without
-    ``django.contrib.auth``'s middleware)."""
+    ``django.contrib.auth``'s middleware): the user when ``INVARIANTKIT_USER_ID`` is not set.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> from invariantkit.integrations.django import default_user_id
+        >>> default_user_id(SimpleNamespace(user=SimpleNamespace(is_authenticated=True, pk=42)))
+        42
+    """
     user = getattr(request, "user", None)
     if user is None or not getattr(user, "is_authenticated", False):
         return None
@@ -55,14 +61,20 @@ class InvariantkitMiddleware:
     current) and binding the user: ``settings.INVARIANTKIT_USER_ID(request)``, by default
     ``request.user.pk`` when authenticated. Works under WSGI and ASGI (sync and async views).
 
-    Example (settings.py)::
+    Args:
+        get_response: the next middleware or view (Django passes it).
 
+    Example:
+        In ``settings.py``:
+
+        ```python
         MIDDLEWARE = [
-            ...,
+            "django.contrib.sessions.middleware.SessionMiddleware",
             "django.contrib.auth.middleware.AuthenticationMiddleware",
             "invariantkit.integrations.django.InvariantkitMiddleware",
         ]
         INVARIANTKIT_USER_ID = "billing.auth.account_id"  # optional
+        ```
     """
 
     sync_capable = True
@@ -78,30 +90,25 @@ class InvariantkitMiddleware:
 
     def _enter(self, request: Any) -> RequestContext:
         meta = request.META
-        user_id = self.user_id
         context = RequestContext()
-        context.enter(
-            meta.get("HTTP_TRACEPARENT"), meta.get("HTTP_BAGGAGE"), lambda: user_id(request)
-        )
+        context.enter(meta.get("HTTP_TRACEPARENT"), meta.get("HTTP_BAGGAGE"), self.user_id, request)
         return context
 
     def __call__(self, request: Any) -> Any:
         if self._async:
             return self.__acall__(request)
-        with _sentry_scope.isolation():
-            context = self._enter(request)
-            try:
-                return self.get_response(request)
-            finally:
-                context.leave()
+        context = self._enter(request)
+        try:
+            return self.get_response(request)
+        finally:
+            context.leave()
 
     async def __acall__(self, request: Any) -> Any:
         if self.user_id is default_user_id and hasattr(request, "auser"):
             # request.user may not be touched from async code: resolve it first.
             request.user = await request.auser()
-        with _sentry_scope.isolation():
-            context = self._enter(request)
-            try:
-                return await self.get_response(request)
-            finally:
-                context.leave()
+        context = self._enter(request)
+        try:
+            return await self.get_response(request)
+        finally:
+            context.leave()

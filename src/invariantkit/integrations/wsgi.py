@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from invariantkit import _sentry_scope
 from invariantkit.integrations._common import RequestContext
 
 __all__ = ["InvariantkitMiddleware"]
@@ -60,34 +59,27 @@ class InvariantkitMiddleware:
         self.user_id = user_id
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        isolation = _sentry_scope.isolation()
-        isolation.__enter__()
         context = RequestContext()
-        user_id = self.user_id
         context.enter(
-            environ.get("HTTP_TRACEPARENT"),
-            environ.get("HTTP_BAGGAGE"),
-            None if user_id is None else lambda: user_id(environ),
+            environ.get("HTTP_TRACEPARENT"), environ.get("HTTP_BAGGAGE"), self.user_id, environ
         )
         try:
             body = self.wsgi_app(environ, start_response)
-        except BaseException as exc:
+        except BaseException:
             context.leave()
-            isolation.__exit__(type(exc), exc, exc.__traceback__)
             raise
-        return _ClosingBody(body, context, isolation)
+        return _ClosingBody(body, context)
 
 
 class _ClosingBody:
     """The response body, iterated in the request's context; the context ends on ``close()``
     (the server calls it after the last byte, PEP 3333)."""
 
-    __slots__ = ("_body", "_context", "_isolation")
+    __slots__ = ("_body", "_context")
 
-    def __init__(self, body: Iterable[bytes], context: RequestContext, isolation: Any) -> None:
+    def __init__(self, body: Iterable[bytes], context: RequestContext) -> None:
         self._body = body
         self._context = context
-        self._isolation = isolation
 
     def __iter__(self) -> Iterator[bytes]:
         return iter(self._body)
@@ -99,4 +91,3 @@ class _ClosingBody:
                 close()
         finally:
             self._context.leave()
-            self._isolation.__exit__(None, None, None)
