@@ -13,7 +13,13 @@ from fastapi import FastAPI, Request
 import invariantkit as ik
 from invariantkit._context import USER
 from invariantkit.integrations.asgi import InvariantkitMiddleware
-from support.frameworks import sentry_with_integrations, serve_asgi
+from support.frameworks import (
+    assert_no_leak,
+    one_exception_event,
+    sentry_and_sink,
+    serve_asgi,
+    whoami_concurrently,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -54,9 +60,8 @@ def make_app() -> Any:
 
 @pytest.fixture
 def sentry(sentry_receiver: SentryReceiver) -> Iterator[SentryReceiver]:
-    with sentry_with_integrations(sentry_receiver.dsn):
-        ik.configure(sinks=[ik.sinks.Sentry()])
-        yield sentry_receiver
+    with sentry_and_sink(sentry_receiver) as receiver:
+        yield receiver
 
 
 def test_one_failure_is_one_sentry_event_with_the_user_and_one_trace_id(
@@ -64,19 +69,12 @@ def test_one_failure_is_one_sentry_event_with_the_user_and_one_trace_id(
 ) -> None:
     """A failing operation in a handler: our event only (Sentry's Starlette integration's copy is
     dropped), with the user; the framework's transaction carries the same trace id and user."""
-    import sentry_sdk
-
     with serve_asgi(make_app()) as url:
         response = httpx.get(
             f"{url}/fail", headers={"traceparent": TRACEPARENT, "x-user": "user_42"}, timeout=10
         )
         assert response.status_code == 500
-        ik.flush()
-        sentry_sdk.flush(timeout=5)
-        sentry.wait_for(1, item_type="transaction")
-    exceptions = [e for e in sentry.events if "exception" in e]
-    assert len(exceptions) == 1, [e["exception"]["values"][-1]["mechanism"] for e in exceptions]
-    [event] = exceptions
+        event = one_exception_event(sentry)
     assert event["tags"]["operation"] == "charge"
     assert event["user"]["id"] == "user_42"
     assert event["contexts"]["trace"]["trace_id"] == TRACE_ID
@@ -89,24 +87,8 @@ def test_no_user_leaks_across_1000_concurrent_requests() -> None:
     """Each request sees only its own user (header, or none), even when the previous request on
     the same connection bound one without ``with``; each gets its own trace id."""
     ik.configure(sinks=[ik.sinks.Memory()])
-
-    async def run(url: str) -> list[tuple[int, dict[str, Any]]]:
-        limits = httpx.Limits(max_connections=50)
-        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
-
-            async def one(i: int) -> tuple[int, dict[str, Any]]:
-                headers = {"x-user": f"user_{i}"} if i % 2 else {}
-                params = {"bind": f"leak_{i}"} if i % 3 == 0 else {}
-                response = await client.get("/whoami", headers=headers, params=params)
-                return i, response.json()
-
-            return await asyncio.gather(*(one(i) for i in range(1000)))
-
     with serve_asgi(make_app()) as url:
-        results = asyncio.run(run(url))
-    for i, body in results:
-        assert body.get("user") == (f"user_{i}" if i % 2 else None), (i, body)
-    assert len({body["trace_id"] for _, body in results}) == 1000
+        assert_no_leak(whoami_concurrently(url, 1000))
 
 
 def test_an_incoming_baggage_user_is_bound_without_a_user_function() -> None:

@@ -12,7 +12,7 @@ from django.conf import settings
 
 import invariantkit as ik
 from invariantkit._context import USER
-from support.frameworks import sentry_with_integrations
+from support.frameworks import one_exception_event, sentry_and_sink
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -89,9 +89,8 @@ urlpatterns = [path("fail", fail), path("whoami", whoami)]
 
 @pytest.fixture
 def sentry(sentry_receiver: SentryReceiver) -> Iterator[SentryReceiver]:
-    with sentry_with_integrations(sentry_receiver.dsn):
-        ik.configure(sinks=[ik.sinks.Sentry()])
-        yield sentry_receiver
+    with sentry_and_sink(sentry_receiver) as receiver:
+        yield receiver
 
 
 def test_one_failure_is_one_sentry_event_with_the_user_and_one_trace_id(
@@ -100,17 +99,10 @@ def test_one_failure_is_one_sentry_event_with_the_user_and_one_trace_id(
     """Django's Sentry integration and the django.request error log drop their copies; our
     event carries the incoming trace id and request.user.pk. (The test client bypasses the WSGI
     handler that starts Sentry's transaction: test_runserver checks the transaction.)"""
-    import sentry_sdk
-
     client = Client(raise_request_exception=False)
     response = client.get("/fail", headers={"traceparent": TRACEPARENT, "x-account": "42"})
     assert response.status_code == 500
-    ik.flush()
-    sentry_sdk.flush(timeout=5)
-    sentry.wait_for(1)
-    exceptions = [e for e in sentry.events if "exception" in e]
-    assert len(exceptions) == 1, [e["exception"]["values"][-1]["mechanism"] for e in exceptions]
-    [event] = exceptions
+    event = one_exception_event(sentry, transaction=False)
     assert event["tags"]["operation"] == "charge"
     assert event["user"]["id"] == "42"
     assert event["contexts"]["trace"]["trace_id"] == TRACE_ID

@@ -9,36 +9,22 @@ from flask import Flask
 from sentry_sdk.integrations.flask import FlaskIntegration
 
 import invariantkit as ik
-from invariantkit.integrations.wsgi import InvariantkitMiddleware
 from invariantkit.testing import capture_signals
-
-
-class ProviderDown(Exception):
-    pass
+from test_integrations_wsgi import ProviderDown
+from test_integrations_wsgi import make_app as make_wsgi_app
 
 
 def make_app(*, recapture: bool) -> Flask:
-    app = Flask(__name__)
-    app.wsgi_app = InvariantkitMiddleware(  # type: ignore[method-assign]
-        app.wsgi_app, user_id=lambda environ: environ.get("HTTP_X_USER")
-    )
-
-    @ik.operation("charge")
-    def charge() -> None:
-        raise ProviderDown("base pay is down")
-
-    @app.get("/fail")
-    def fail() -> str:
-        charge()
-        return "unreachable"
-
+    """The Flask app of test_integrations_wsgi; with ``recapture``, an error handler that
+    captures the failure once more itself."""
+    app = make_wsgi_app()
     if recapture:
 
-        @app.errorhandler(ProviderDown)
         def handle(exc: ProviderDown) -> tuple[str, int]:
             sentry_sdk.capture_exception(exc)  # the application reports it once more
             return "down", 503
 
+        app.register_error_handler(ProviderDown, handle)
     return app
 
 

@@ -3,7 +3,6 @@ posting to a receiver on 127.0.0.1."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -13,7 +12,13 @@ from flask import Flask, request
 import invariantkit as ik
 from invariantkit._context import USER
 from invariantkit.integrations.wsgi import InvariantkitMiddleware
-from support.frameworks import sentry_with_integrations, serve_wsgi
+from support.frameworks import (
+    assert_no_leak,
+    one_exception_event,
+    sentry_and_sink,
+    serve_wsgi,
+    whoami_concurrently,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -56,9 +61,8 @@ def make_app() -> Flask:
 
 @pytest.fixture
 def sentry(sentry_receiver: SentryReceiver) -> Iterator[SentryReceiver]:
-    with sentry_with_integrations(sentry_receiver.dsn):
-        ik.configure(sinks=[ik.sinks.Sentry()])
-        yield sentry_receiver
+    with sentry_and_sink(sentry_receiver) as receiver:
+        yield receiver
 
 
 def test_one_failure_is_one_sentry_event_with_the_user_and_one_trace_id(
@@ -66,19 +70,12 @@ def test_one_failure_is_one_sentry_event_with_the_user_and_one_trace_id(
 ) -> None:
     """Flask's Sentry integration (and the logging integration, which sees Flask's error log)
     drop their copies; the transaction carries our trace id and the user."""
-    import sentry_sdk
-
     with serve_wsgi(make_app()) as url:
         response = httpx.get(
             f"{url}/fail", headers={"traceparent": TRACEPARENT, "x-user": "user_42"}, timeout=10
         )
         assert response.status_code == 500
-        ik.flush()
-        sentry_sdk.flush(timeout=5)
-        sentry.wait_for(1, item_type="transaction")
-    exceptions = [e for e in sentry.events if "exception" in e]
-    assert len(exceptions) == 1, [e["exception"]["values"][-1]["mechanism"] for e in exceptions]
-    [event] = exceptions
+        event = one_exception_event(sentry)
     assert event["tags"]["operation"] == "charge"
     assert event["user"]["id"] == "user_42"
     assert event["contexts"]["trace"]["trace_id"] == TRACE_ID
@@ -90,21 +87,5 @@ def test_one_failure_is_one_sentry_event_with_the_user_and_one_trace_id(
 def test_no_user_leaks_across_1000_concurrent_requests(sentry: SentryReceiver) -> None:
     """waitress reuses 8 threads for 1,000 requests: each sees only its own user, even after a
     request on the same thread bound one without ``with``; each gets its own trace id."""
-
-    async def run(url: str) -> list[tuple[int, dict[str, Any]]]:
-        limits = httpx.Limits(max_connections=50)
-        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
-
-            async def one(i: int) -> tuple[int, dict[str, Any]]:
-                headers = {"x-user": f"user_{i}"} if i % 2 else {}
-                params = {"bind": f"leak_{i}"} if i % 3 == 0 else {}
-                response = await client.get("/whoami", headers=headers, params=params)
-                return i, response.json()
-
-            return await asyncio.gather(*(one(i) for i in range(1000)))
-
     with serve_wsgi(make_app()) as url:
-        results = asyncio.run(run(url))
-    for i, body in results:
-        assert body.get("user") == (f"user_{i}" if i % 2 else None), (i, body)
-    assert len({body["trace_id"] for _, body in results}) == 1000
+        assert_no_leak(whoami_concurrently(url, 1000))

@@ -3,6 +3,7 @@ a free 127.0.0.1 port, bounded in time and stopped by the context manager."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import socket
@@ -17,7 +18,18 @@ from support.servers import free_port
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["Redis", "sentry_with_integrations", "serve_asgi", "serve_wsgi"]
+    from support.receivers import SentryReceiver
+
+__all__ = [
+    "Redis",
+    "assert_no_leak",
+    "one_exception_event",
+    "sentry_and_sink",
+    "sentry_with_integrations",
+    "serve_asgi",
+    "serve_wsgi",
+    "whoami_concurrently",
+]
 
 START_TIMEOUT = 15.0
 
@@ -131,3 +143,55 @@ def sentry_with_integrations(dsn: str) -> Iterator[Any]:
         client.flush(timeout=2.0)
         scope.set_client(previous)
         client.close(timeout=2.0)
+
+
+@contextlib.contextmanager
+def sentry_and_sink(receiver: SentryReceiver) -> Iterator[SentryReceiver]:
+    """:func:`sentry_with_integrations` plus invariantkit configured with its Sentry sink."""
+    import invariantkit as ik
+
+    with sentry_with_integrations(receiver.dsn):
+        ik.configure(sinks=[ik.sinks.Sentry()])
+        yield receiver
+
+
+def one_exception_event(receiver: SentryReceiver, *, transaction: bool = True) -> Any:
+    """Flush invariantkit and Sentry, then the one exception event the receiver got (failing with
+    the mechanisms of all of them when there are more); waits for a transaction too."""
+    import sentry_sdk
+
+    import invariantkit as ik
+
+    ik.flush()
+    sentry_sdk.flush(timeout=5)
+    receiver.wait_for(1, item_type="transaction" if transaction else "event")
+    exceptions = [e for e in receiver.events if "exception" in e]
+    assert len(exceptions) == 1, [e["exception"]["values"][-1]["mechanism"] for e in exceptions]
+    return exceptions[0]
+
+
+def whoami_concurrently(url: str, count: int = 1000) -> list[tuple[int, dict[str, Any]]]:
+    """``count`` concurrent GET /whoami over 50 connections: odd requests name a user in X-User,
+    every third binds one without ``with`` (``?bind=``); returns ``(i, body)`` pairs."""
+    import httpx
+
+    async def run() -> list[tuple[int, dict[str, Any]]]:
+        limits = httpx.Limits(max_connections=50)
+        async with httpx.AsyncClient(base_url=url, limits=limits, timeout=60) as client:
+
+            async def one(i: int) -> tuple[int, dict[str, Any]]:
+                headers = {"x-user": f"user_{i}"} if i % 2 else {}
+                params = {"bind": f"leak_{i}"} if i % 3 == 0 else {}
+                response = await client.get("/whoami", headers=headers, params=params)
+                return i, response.json()
+
+            return await asyncio.gather(*(one(i) for i in range(count)))
+
+    return asyncio.run(run())
+
+
+def assert_no_leak(results: list[tuple[int, dict[str, Any]]]) -> None:
+    """Each request saw only its own user, and had its own trace id."""
+    for i, body in results:
+        assert body.get("user") == (f"user_{i}" if i % 2 else None), (i, body)
+    assert len({body["trace_id"] for _, body in results}) == len(results)
