@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fastapi import FastAPI, Request
+
 HERE = Path(__file__).resolve().parent
 BAR = 1.05
 HEADERS = {
@@ -47,10 +49,20 @@ HEADERS = {
 def build_app(variant: str) -> Any:
     """``bare`` and ``control``: FastAPI alone; ``ik``: with the middleware and a ``user_id``
     reading a header through Starlette's ``HTTPConnection``; ``ik_baggage``: the middleware
-    alone (the user comes from ``baggage``)."""
-    from fastapi import FastAPI
+    alone (the user comes from ``baggage``); ``manual``: no middleware, the handler calls
+    ``ik.extract()`` and ``ik.identify()`` itself (what the middleware replaces)."""
 
     app = FastAPI()
+    if variant == "manual":
+        import invariantkit as ik
+
+        @app.get("/renewal")
+        async def renewal_by_hand(request: Request) -> dict[str, bool]:
+            headers = request.headers
+            with ik.extract(headers), ik.identify(headers.get("x-user")):
+                return {"ok": True}
+
+        return app
     if variant.startswith("ik"):
         from invariantkit.integrations.asgi import InvariantkitMiddleware
 
@@ -201,7 +213,7 @@ def main() -> int:
         dsn = f"http://public@127.0.0.1:{int(discard.stdout.readline())}/1"
     profiles = {v: f"/tmp/ik-asgi-{v}.prof" for v in ("bare", "ik")} if args.profile else {}
     # A second bare server is the control: its ratio to the first is the noise floor.
-    variants = ("bare", "ik", "ik_baggage", "control")
+    variants = ("bare", "ik", "ik_baggage", "manual", "control")
     servers = [Server(v, dsn, profiles.get(v)) for v in variants]
     try:
         for server in servers:  # warm up
@@ -229,6 +241,7 @@ def main() -> int:
         "bare": "bare FastAPI",
         "ik": "middleware, user_id(conn)",
         "ik_baggage": "middleware, user from baggage",
+        "manual": "ik.extract+identify in the handler",
         "control": "bare FastAPI again (noise floor)",
     }
     ratios = {}
