@@ -33,6 +33,7 @@ def test_flasks_own_copy_is_dropped_and_ours_kept() -> None:
     with capture_signals(sentry_options={"integrations": [FlaskIntegration()]}) as signals:
         response = make_app(recapture=False).test_client().get("/fail", headers={"x-user": "u1"})
         assert response.status_code == 500
+        response.close()  # werkzeug's test client leaves it to us; a server closes it
         [event] = signals.sentry_events
         assert event["tags"]["operation"] == "charge"
         assert event["user"]["id"] == "u1"
@@ -46,6 +47,7 @@ def test_the_signals_fixture_reports_one_failure_sent_twice() -> None:
     with capture_signals(sentry_options={"integrations": [FlaskIntegration()]}) as signals:
         response = make_app(recapture=True).test_client().get("/fail")
         assert response.status_code == 503
+        assert response.data == b"down"
         assert len(signals.sentry_events) == 2
         [duplicate] = signals.sentry_duplicates
         assert duplicate["exception"]["values"][-1]["type"] == "ProviderDown"
@@ -53,13 +55,26 @@ def test_the_signals_fixture_reports_one_failure_sent_twice() -> None:
             signals.assert_correlated()
 
 
-def test_identify_sets_the_user_on_sentrys_isolation_scope() -> None:
-    """Events Sentry makes on its own (here capture_message) carry the identified user."""
+def test_identify_sets_the_user_on_sentrys_isolation_scope_in_a_request() -> None:
+    """Inside a request (here Sentry's transaction for it), events Sentry makes on its own carry
+    the identified user; identify(None) clears it."""
     with capture_signals() as signals, sentry_sdk.isolation_scope():
-        ik.identify("user_42")
-        sentry_sdk.capture_message("from the framework")
-        ik.identify(None)
-        sentry_sdk.capture_message("anonymous")
+        with sentry_sdk.start_transaction(name="GET /renewals"):
+            ik.identify("user_42")
+            sentry_sdk.capture_message("from the framework")
+            ik.identify(None)
+            sentry_sdk.capture_message("anonymous")
         first, second = signals.sentry_events
     assert first["user"] == {"id": "user_42"}
-    assert "user" not in second or not second["user"].get("id")
+    assert not (second.get("user") or {}).get("id")
+
+
+def test_outside_a_request_the_user_does_not_outlive_its_binding() -> None:
+    """A script's or cron's ``with ik.identify()`` leaves the process's Sentry scope alone: an
+    event after the block carries no user."""
+    with capture_signals() as signals, sentry_sdk.isolation_scope():
+        with ik.identify("user_42"):
+            pass
+        sentry_sdk.capture_message("later")
+        [event] = signals.sentry_events
+    assert not (event.get("user") or {}).get("id")

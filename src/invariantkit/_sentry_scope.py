@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 __all__ = [
@@ -33,6 +34,8 @@ __all__ = [
     "set_user",
 ]
 
+#: True inside a request or task that an integration entered (its own Sentry isolation scope).
+IN_REQUEST: ContextVar[bool] = ContextVar("invariantkit.in_request", default=False)
 #: Set on an exception whose failure an operation reports to Sentry (see ``sinks._sentry``).
 REPORTED = "_invariantkit_reported"
 _installed = False
@@ -52,15 +55,22 @@ def active_sdk() -> Any:
 
 
 def set_user(user_id: str | None) -> None:
-    """Set (or, for None, clear) the user of Sentry's current isolation scope.
+    """Set (or, for None, clear) the user of Sentry's current isolation scope, inside a request or
+    task: one an integration of ours entered, or one Sentry's own integration made a transaction
+    for. Each has its own isolation scope, which ends with it.
 
     Called by ``identify()`` with the value it binds (after its own PII handling), so the user
-    Sentry sees is the one every other signal carries. Never raises.
+    Sentry sees is the one every other signal carries. Outside a request (a script, a cron run)
+    the isolation scope is the process's: a user set there would outlive ``with identify()`` and
+    reach later events, so it is left alone (invariantkit's own events carry the user anyway).
+    Never raises.
     """
     sdk = active_sdk()
     if sdk is None:
         return
     try:
+        if not IN_REQUEST.get() and sdk.get_current_span() is None:
+            return
         sdk.get_isolation_scope().set_user(None if user_id is None else {"id": user_id})
     except Exception:
         pass

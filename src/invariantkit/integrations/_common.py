@@ -95,9 +95,10 @@ class RequestContext:
     microseconds (``benchmarks/asgi.py``), so it avoids the generic propagators where it can.
     """
 
-    __slots__ = ("_corr_token", "_otel_token", "_sentry", "_user_token")
+    __slots__ = ("_corr_token", "_in_request", "_otel_token", "_sentry", "_user_token")
 
     def __init__(self) -> None:
+        self._in_request: Any = None
         self._corr_token: Any = None
         self._otel_token: Any = None
         self._user_token: Any = None
@@ -117,6 +118,7 @@ class RequestContext:
             if sdk is not None:
                 self._sentry = _sentry_scope.isolation(sdk)
                 self._sentry.__enter__()
+                self._in_request = _sentry_scope.IN_REQUEST.set(True)
             ctx = otel_context.get_current()
             span_ctx = trace.get_current_span(ctx).get_span_context()
             remote = None
@@ -199,6 +201,9 @@ class RequestContext:
             if sentry is not None:
                 self._sentry = None
                 try:
+                    if self._in_request is not None:
+                        _sentry_scope.IN_REQUEST.reset(self._in_request)
+                        self._in_request = None
                     sentry.__exit__(None, None, None)
                 except Exception:
                     pass

@@ -72,8 +72,8 @@ class InvariantkitMiddleware:
 
 
 class _ClosingBody:
-    """The response body, iterated in the request's context; the context ends on ``close()``
-    (the server calls it after the last byte, PEP 3333)."""
+    """The response body; the request's context ends after the last byte, or on ``close()``
+    (the server calls it, PEP 3333), whichever comes first."""
 
     __slots__ = ("_body", "_context")
 
@@ -82,7 +82,10 @@ class _ClosingBody:
         self._context = context
 
     def __iter__(self) -> Iterator[bytes]:
-        return iter(self._body)
+        yield from self._body
+        # Also end here: a test client that does not close the response (werkzeug's, unbuffered)
+        # must not leave the request's user and trace bound in the test.
+        self._context.leave()
 
     def close(self) -> None:
         try:
