@@ -91,8 +91,8 @@ class RequestContext:
 
     ``enter()`` always binds the user (``None`` when nobody is known) and, unless OpenTelemetry's
     instrumentation made a span current, the trace context, with tokens that ``leave()`` resets:
-    whatever the handler binds without ``with`` is undone too. Per request it costs a few
-    microseconds (``benchmarks/asgi.py``), so it avoids the generic propagators where it can.
+    whatever the handler binds without ``with`` is undone too. It runs on every request, so it
+    avoids OpenTelemetry's generic propagators where it can (``benchmarks/asgi.py``).
     """
 
     __slots__ = ("_corr_token", "_in_request", "_otel_token", "_sentry", "_user_token")
@@ -178,35 +178,35 @@ class RequestContext:
 
     def leave(self) -> None:
         """Restore what was bound before :meth:`enter`. Never raises."""
-        try:
-            token = self._user_token
+        user, self._user_token = self._user_token, None
+        otel, self._otel_token = self._otel_token, None
+        corr, self._corr_token = self._corr_token, None
+        in_request, self._in_request = self._in_request, None
+        sentry, self._sentry = self._sentry, None
+        # Each reset on its own: one failing (left in another context) must not keep the others.
+        for reset, token in (
+            (_reset_user, user),
+            (otel_context.detach, otel),
+            (CORRELATION.reset, corr),
+            (_sentry_scope.IN_REQUEST.reset, in_request),
+        ):
             if token is not None:
-                self._user_token = None
-                if isinstance(token, Binding):
-                    token.detach()
-                else:
-                    USER.reset(token)
-            token = self._otel_token
-            if token is not None:
-                self._otel_token = None
-                otel_context.detach(token)
-            token = self._corr_token
-            if token is not None:
-                self._corr_token = None
-                CORRELATION.reset(token)
-        except Exception:
-            pass
-        finally:
-            sentry = self._sentry
-            if sentry is not None:
-                self._sentry = None
                 try:
-                    if self._in_request is not None:
-                        _sentry_scope.IN_REQUEST.reset(self._in_request)
-                        self._in_request = None
-                    sentry.__exit__(None, None, None)
+                    reset(token)
                 except Exception:
                     pass
+        if sentry is not None:
+            try:
+                sentry.__exit__(None, None, None)
+            except Exception:
+                pass
+
+
+def _reset_user(token: Any) -> None:
+    if isinstance(token, Binding):
+        token.detach()
+    else:
+        USER.reset(token)
 
 
 def _call_user(user: Callable[[Any], object], request: Any) -> object:
