@@ -73,7 +73,8 @@ def _before_publish(headers: MutableMapping[str, Any] | None = None, **_: Any) -
         carrier: dict[str, str] = {}
         inject(carrier)
         # celery#4875: depending on the protocol and the caller, headers reach the worker's
-        # task.request as attributes or nested in headers["headers"]: write both.
+        # task.request as attributes or nested in headers["headers"]: write the top level, and
+        # the nested dict when there is one (the worker looks in both, see _lookup).
         nested = headers.get("headers")
         targets = [headers] + ([nested] if isinstance(nested, MutableMapping) else [])
         for target in targets:
