@@ -38,7 +38,8 @@ for bin in prometheus promtool prometheus-alertmanager amtool prometheus-pushgat
     command -v "$bin" >/dev/null 2>&1 || need_apt+=("$bin")
 done
 [[ -x /usr/lib/postgresql/15/bin/initdb ]] || need_apt+=(postgresql-15)
-packages=(prometheus prometheus-alertmanager prometheus-pushgateway postgresql-15)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+packages=(prometheus prometheus-alertmanager prometheus-pushgateway postgresql-15 redis-server)
 # node + npm type-check the dashboards against Grafana's published schema (@grafana/schema).
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     need_apt+=(node)

@@ -44,6 +44,10 @@ PUBLIC_MODULES = {
     "invariantkit.billing": "billing",
     "invariantkit.alerts": "alerts",
     "invariantkit.sentry": "sentry",
+    "invariantkit.integrations.asgi": "integrations",
+    "invariantkit.integrations.wsgi": "integrations",
+    "invariantkit.integrations.django": "integrations",
+    "invariantkit.integrations.celery": "integrations",
 }
 #: Optional until their issues land; the others must exist.
 NOT_YET = {"invariantkit.alerts", "invariantkit.sentry"}

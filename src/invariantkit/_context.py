@@ -18,6 +18,7 @@ from opentelemetry import trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from invariantkit import _sentry_scope
 from invariantkit._safe import REDACTED, Scrubber
 
 __all__ = ["Binding", "correlation_id", "extract", "identify", "inject"]
@@ -207,6 +208,7 @@ def identify(user_id: str | int | None) -> Binding:
         span = trace.get_current_span()
         if span.is_recording():
             span.set_attribute("enduser.id", text)
+    _sentry_scope.set_user(text)  # the same value as USER: the framework's Sentry events carry it
     return Binding(USER.set(text))
 
 

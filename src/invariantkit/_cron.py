@@ -37,6 +37,7 @@ from invariantkit._catalog import (
 )
 from invariantkit._config import STATE, dispatcher
 from invariantkit._context import CORRELATION, USER, current_ids, new_span_id, new_trace_id
+from invariantkit._control_flow import is_control_flow as _is_control_flow
 from invariantkit._dispatch import Dispatcher
 from invariantkit._operation import _record_exception
 from invariantkit._record import Record
@@ -267,7 +268,11 @@ class CronRun:
 
 def _succeeded(exc: BaseException | None) -> bool:
     # ``sys.exit(0)`` inside a job is a successful end, not a failure.
-    return exc is None or (isinstance(exc, SystemExit) and exc.code in (None, 0))
+    return (
+        exc is None
+        or (isinstance(exc, SystemExit) and exc.code in (None, 0))
+        or _is_control_flow(exc)  # Celery's Retry/Ignore/Reject (integrations/celery.py)
+    )
 
 
 class Cron:

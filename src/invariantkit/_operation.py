@@ -19,6 +19,7 @@ from typing_extensions import ParamSpec
 from invariantkit._catalog import LABEL_VALUE, LOWER_SNAKE, OperationDecl, check_name, get_catalog
 from invariantkit._config import STATE, dispatcher
 from invariantkit._context import CORRELATION, USER, current_ids, new_span_id, new_trace_id
+from invariantkit._control_flow import is_control_flow as _is_control_flow
 from invariantkit._dispatch import Dispatcher
 from invariantkit._record import EMPTY, Record
 from invariantkit._safe import REDACTED, Scrubber, safe_str, scrubbed_str, scrubbed_traceback
@@ -280,6 +281,8 @@ class OperationRun:
         with outcome ``"cancelled"``, the span's status is left UNSET, no error is counted and
         no Sentry event is sent.
         """
+        if _is_control_flow(exc):  # Celery's Retry/Ignore/Reject (integrations/celery.py)
+            return self.succeed()
         cancelled = not isinstance(exc, Exception)
         try:
             duration = _perf_counter() - self._start

@@ -35,6 +35,7 @@ from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
+from invariantkit import _sentry_scope
 from invariantkit._catalog import Invariant, get_catalog
 from invariantkit._config import STATE, Config, Mode, _check_sinks, swap
 from invariantkit._context import CORRELATION, USER
@@ -171,6 +172,7 @@ def _keeping_transport() -> Any:
         def __init__(self) -> None:
             super().__init__(None)
             self.envelopes: list[Any] = []
+            self.exceptions: dict[str, BaseException] = {}  # event id -> exception reported
             self._guard = threading.Lock()
 
         def capture_envelope(self, envelope: Any) -> None:
@@ -308,6 +310,15 @@ class Signals:
         """The Sentry error and message events, as the JSON the SDK would post."""
         self._unavailable.check("sentry", "sentry_events")
         return self._sentry_items("event")
+
+    @property
+    def sentry_duplicates(self) -> list[dict[str, Any]]:
+        """Sentry events that report an exception object an earlier event already reported: one
+        failure sent twice (say, by a framework's Sentry integration, or a handler's own
+        ``capture_exception``). ``assert_correlated()`` fails on them. Pass
+        ``sentry_options={"integrations": [...]}`` to capture the framework's events too."""
+        events = self.sentry_events
+        return _sentry_scope.duplicates(events, self._sentry_transport.exceptions)
 
     @property
     def sentry_checkins(self) -> list[dict[str, Any]]:
@@ -629,6 +640,9 @@ class Signals:
             if posthog is not None:
                 problems.extend(_check_posthog(record, posthog, used_posthog, where))
             problems.extend(_check_log(record, logs, used_logs, where))
+        if sentry is not None:
+            for event in self.sentry_duplicates:
+                problems.append(f"Sentry event {event.get('event_id')} repeats a failure sent")
         if problems:
             shown = problems[: _LIST_LIMIT * 2]
             if len(problems) > len(shown):
@@ -1215,6 +1229,7 @@ def _open(
         import sentry_sdk
 
         sentry_transport = _keeping_transport()
+        stack.enter_context(_sentry_scope.recording(sentry_transport.exceptions))
         client_options: dict[str, Any] = {
             "environment": environment,
             "release": f"{service}@test",  # else the SDK runs `git rev-parse` per client

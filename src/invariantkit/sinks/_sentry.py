@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from invariantkit._sentry_scope import mark_reported
 from invariantkit.sinks._base import Bound, SinkUnavailable
 
 if TYPE_CHECKING:
@@ -257,6 +258,7 @@ class Sentry(Bound):
                 return None
             if _already_reported(exc):
                 return None
+            mark_reported(exc)  # Sentry's framework integrations drop their copy of it
         elif kind == "constraint":
             if record.status != "missing":
                 return None

@@ -1,0 +1,265 @@
+"""The ASGI middleware's per-request overhead, beside a bare FastAPI app, both served by uvicorn.
+
+Two uvicorn processes on 127.0.0.1 serve the same FastAPI app (one async handler returning a
+small JSON body), one with ``InvariantkitMiddleware`` (``user_id`` from a header), one without.
+The client sends the same requests (``traceparent``, ``baggage`` and a user header) over one
+keep-alive connection to each; every round runs one batch against each server in a shuffled
+order. Reported, as medians over rounds of the per-round ratio:
+
+- wall time per request, as the client sees it;
+- server CPU per request (the server process's user+system time over the batch, every thread).
+
+``--sentry`` runs both servers with ``sentry_sdk.init`` (default integrations, tracing on,
+posting to a discarding server on 127.0.0.1), so the middleware also forks nothing but sets the
+user and aligns the trace on Sentry's scope.
+
+Usage:
+    python benchmarks/asgi.py [--rounds 200] [--batch 20] [--sentry] [--profile]
+
+Exit code 0 when the overhead bar (<= 5%, DESIGN.md section 4) is met on server CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import http.client
+import os
+import pstats
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+
+HERE = Path(__file__).resolve().parent
+BAR = 1.05
+HEADERS = {
+    "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    "baggage": "user_id=user_7",
+    "x-user": "user_42",
+}
+
+
+def build_app(variant: str) -> Any:
+    """``bare`` and ``control``: FastAPI alone; ``ik``: with the middleware and a ``user_id``
+    reading a header through Starlette's ``HTTPConnection``; ``ik_baggage``: the middleware
+    alone (the user comes from ``baggage``); ``manual``: no middleware, the handler calls
+    ``ik.extract()`` and ``ik.identify()`` itself (what the middleware replaces)."""
+
+    app = FastAPI()
+    if variant == "manual":
+        import invariantkit as ik
+
+        @app.get("/renewal")
+        async def renewal_by_hand(request: Request) -> dict[str, bool]:
+            headers = request.headers
+            with ik.extract(headers), ik.identify(headers.get("x-user")):
+                return {"ok": True}
+
+        return app
+    if variant.startswith("ik"):
+        from invariantkit.integrations.asgi import InvariantkitMiddleware
+
+        if variant == "ik":
+            app.add_middleware(InvariantkitMiddleware, user_id=lambda c: c.headers.get("x-user"))
+        else:
+            app.add_middleware(InvariantkitMiddleware)
+
+    @app.get("/renewal")
+    async def renewal() -> dict[str, bool]:
+        return {"ok": True}
+
+    return app
+
+
+def with_cpu_probe(app: Any, profiler: Any = None, profile: str | None = None) -> Any:
+    """``GET /_cpu``, answered in front of the app: the process's CPU seconds (every thread),
+    with nanosecond resolution (psutil's clock ticks are 10 ms). ``GET /_dump`` writes the
+    profile."""
+
+    async def probe(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] in ("/_cpu", "/_dump"):
+            if scope["path"] == "/_dump" and profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(profile)
+            body = repr(time.process_time()).encode()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": body})
+            return
+        await app(scope, receive, send)
+
+    return probe
+
+
+def serve(variant: str, sentry_dsn: str | None, profile: str | None) -> None:
+    """In the server process: configure, then serve on a free port printed on stdout."""
+    import uvicorn
+
+    import invariantkit as ik
+
+    if sentry_dsn:
+        import sentry_sdk
+
+        sentry_sdk.init(dsn=sentry_dsn, traces_sample_rate=1.0)
+    ik.configure(sinks=[])
+    profiler = cProfile.Profile() if profile else None
+    app = with_cpu_probe(build_app(variant), profiler, profile)
+    # proto=IPPROTO_TCP: asyncio then sets TCP_NODELAY on accepted sockets (else each response
+    # waits 40 ms for a delayed ACK).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.bind(("127.0.0.1", 0))
+    print(sock.getsockname()[1], flush=True)
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="off", timeout_keep_alive=600
+    )
+    server = uvicorn.Server(config)
+    if profiler is not None:
+        profiler.enable()
+    server.run(sockets=[sock])
+
+
+class Server:
+    def __init__(self, variant: str, sentry_dsn: str | None, profile: str | None) -> None:
+        args = [sys.executable, __file__, "--serve", variant]
+        if sentry_dsn:
+            args += ["--sentry-dsn", sentry_dsn]
+        if profile:
+            args += ["--profile-to", profile]
+        self.variant = variant
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        self.port = int(self.proc.stdout.readline())
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                self.conn.connect()
+                # Without it, Nagle and delayed ACKs add 40 ms to every request.
+                self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                self.get()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def get(self) -> None:
+        self.conn.request("GET", "/renewal", headers=HEADERS)
+        response = self.conn.getresponse()
+        response.read()
+        assert response.status == 200
+
+    def cpu_seconds(self) -> float:
+        self.conn.request("GET", "/_cpu")
+        return float(self.conn.getresponse().read())
+
+    def batch(self, n: int) -> None:
+        cpu0 = self.cpu_seconds()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            self.get()
+        wall = time.perf_counter() - t0
+        self.wall.append(wall / n)
+        self.cpu.append((self.cpu_seconds() - cpu0) / n)
+
+    def stop(self) -> None:
+        self.conn.request("GET", "/_dump")  # writes the profile, if any
+        self.conn.getresponse().read()
+        self.conn.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+def paired(a: list[float], b: list[float]) -> float:
+    return statistics.median(x / y for x, y in zip(a, b, strict=True) if y > 0)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=40)
+    parser.add_argument("--sentry", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="cProfile both servers")
+    parser.add_argument("--serve", help=argparse.SUPPRESS)
+    parser.add_argument("--sentry-dsn", help=argparse.SUPPRESS)
+    parser.add_argument("--profile-to", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.sentry_dsn, args.profile_to)
+        return 0
+
+    discard = None
+    dsn = None
+    if args.sentry:
+        discard = subprocess.Popen(
+            [sys.executable, str(HERE / "_discard_server.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert discard.stdout is not None
+        dsn = f"http://public@127.0.0.1:{int(discard.stdout.readline())}/1"
+    profiles = {v: f"/tmp/ik-asgi-{v}.prof" for v in ("bare", "ik")} if args.profile else {}
+    # A second bare server is the control: its ratio to the first is the noise floor.
+    variants = ("bare", "ik", "ik_baggage", "manual", "control")
+    servers = [Server(v, dsn, profiles.get(v)) for v in variants]
+    try:
+        for server in servers:  # warm up
+            for _ in range(200):
+                server.get()
+        rng = random.Random(7)
+        for _ in range(args.rounds):
+            order = servers[:]
+            rng.shuffle(order)
+            for server in order:
+                server.batch(args.batch)
+    finally:
+        for server in servers:
+            server.stop()
+        if discard is not None:
+            discard.communicate(timeout=10)
+    bare = servers[0]
+    us = 1e6
+    label = "with Sentry (default integrations, tracing)" if args.sentry else "no Sentry"
+    print(f"ASGI middleware, FastAPI under uvicorn, {label}; {os.cpu_count()} CPUs")
+    print(f"{args.rounds} rounds x {args.batch} requests per server, shuffled, side by side")
+    print("ratios: median over rounds of the per-round ratio to the bare app")
+    print(f"{'server':34}{'wall/request':>14}{'ratio':>8}{'server CPU/request':>20}{'ratio':>8}")
+    names = {
+        "bare": "bare FastAPI",
+        "ik": "middleware, user_id(conn)",
+        "ik_baggage": "middleware, user from baggage",
+        "manual": "ik.extract+identify in the handler",
+        "control": "bare FastAPI again (noise floor)",
+    }
+    ratios = {}
+    for server in servers:
+        wall_ratio, cpu_ratio = paired(server.wall, bare.wall), paired(server.cpu, bare.cpu)
+        ratios[server.variant] = cpu_ratio
+        print(
+            f"{names[server.variant]:34}{statistics.median(server.wall) * us:>12.1f}us"
+            f"{wall_ratio:>8.3f}{statistics.median(server.cpu) * us:>18.1f}us{cpu_ratio:>8.3f}"
+        )
+    cpu_ratio = ratios["ik"]
+    met = cpu_ratio <= BAR
+    print(f"bar: server CPU ratio <= {BAR}: {'met' if met else 'NOT met'}")
+    for variant, path in profiles.items():
+        print(f"\n--- profile: {variant} server (top 15 by own time) ---")
+        pstats.Stats(path).sort_stats("tottime").print_stats(15)
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

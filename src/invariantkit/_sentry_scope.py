@@ -1,0 +1,219 @@
+"""Sentry's own events, in step with invariantkit's: the user on the isolation scope, one event
+per failure, one trace id.
+
+- :func:`set_user` puts the user that ``identify()`` binds on Sentry's current isolation scope, so
+  the events and transactions that Sentry's framework integrations send carry it too.
+- :func:`mark_reported` marks an exception that an operation reports (on the caller's thread,
+  before the exception reaches the framework); :func:`drop_duplicate`, a global event processor,
+  then drops the copy that a framework integration (Starlette, Flask, Django, Celery, logging...)
+  captures of the same exception. invariantkit's own event (captured through
+  ``capture_exception``, mechanism ``generic``) is kept: it carries the operation, the trace id
+  and the user.
+- :func:`align_trace` gives Sentry's current transaction the correlation id of the request.
+
+Everything here is a no-op when ``sentry_sdk`` is not imported or has no active client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Iterator
+from contextvars import ContextVar
+from typing import Any
+
+__all__ = [
+    "active_sdk",
+    "align_trace",
+    "current_trace",
+    "drop_duplicate",
+    "duplicates",
+    "isolation",
+    "mark_reported",
+    "recording",
+    "set_user",
+]
+
+#: True inside a request or task that an integration entered (its own Sentry isolation scope).
+IN_REQUEST: ContextVar[bool] = ContextVar("invariantkit.in_request", default=False)
+#: Set on an exception whose failure an operation reports to Sentry (see ``sinks._sentry``).
+REPORTED = "_invariantkit_reported"
+_installed = False
+#: Under ``capture_signals()``: event id -> the exception each outgoing Sentry event reports.
+_recording: dict[str, BaseException] | None = None
+
+
+def active_sdk() -> Any:
+    """The ``sentry_sdk`` module when it is imported and initialised, else None."""
+    sdk = sys.modules.get("sentry_sdk")
+    if sdk is None:
+        return None
+    try:
+        return sdk if sdk.get_client().is_active() else None
+    except Exception:
+        return None
+
+
+def set_user(user_id: str | None) -> None:
+    """Set (or, for None, clear) the user of Sentry's current isolation scope, inside a request or
+    task: one an integration of ours entered, or one Sentry's own integration made a transaction
+    for. Each has its own isolation scope, which ends with it.
+
+    Called by ``identify()`` with the value it binds (after its own PII handling), so the user
+    Sentry sees is the one every other signal carries. Outside a request (a script, a cron run)
+    the isolation scope is the process's: a user set there would outlive ``with identify()`` and
+    reach later events, so it is left alone (invariantkit's own events carry the user anyway).
+    Never raises.
+    """
+    sdk = active_sdk()
+    if sdk is None:
+        return
+    try:
+        if not IN_REQUEST.get() and sdk.get_current_span() is None:
+            return
+        sdk.get_isolation_scope().set_user(None if user_id is None else {"id": user_id})
+    except Exception:
+        pass
+
+
+def mark_reported(exc: BaseException) -> None:
+    """Mark ``exc`` as reported by an operation, so a framework integration's copy is dropped.
+
+    Runs on the caller's thread, before the exception leaves the operation: the framework
+    captures it later on the same thread, while invariantkit's own event may still be queued.
+    """
+    try:
+        setattr(exc, REPORTED, True)
+    except Exception:
+        return  # an exception type with __slots__: both events are kept rather than neither
+    _install()
+
+
+def _install() -> None:
+    global _installed
+    if not _installed:
+        _installed = True
+        from sentry_sdk.scope import add_global_event_processor
+
+        add_global_event_processor(drop_duplicate)
+
+
+@contextlib.contextmanager
+def recording(into: dict[str, BaseException]) -> Iterator[dict[str, BaseException]]:
+    """Record, for each Sentry event that leaves :func:`drop_duplicate`, the exception object it
+    reports (``into[event_id]``): ``Signals.sentry_duplicates`` finds two events of one failure."""
+    global _recording
+    _install()
+    previous, _recording = _recording, into
+    try:
+        yield into
+    finally:
+        _recording = previous
+
+
+def duplicates(events: list[dict[str, Any]], reported: dict[str, BaseException]) -> list[Any]:
+    """The events in ``events`` that report an exception object an earlier event reported."""
+    seen: set[int] = set()
+    out = []
+    for event in events:
+        exc = reported.get(event.get("event_id", ""))
+        if exc is None:
+            continue
+        if id(exc) in seen:
+            out.append(event)
+        seen.add(id(exc))
+    return out
+
+
+def _mechanisms(event: Any) -> set[str]:
+    kinds: set[str] = set()
+    for value in (event.get("exception") or {}).get("values") or ():
+        mechanism = value.get("mechanism") or {}
+        kind = mechanism.get("type")
+        if isinstance(kind, str) and kind != "chained":
+            kinds.add(kind)
+    return kinds
+
+
+def drop_duplicate(event: Any, hint: Any) -> Any:
+    """A Sentry event processor: None (drop) for an event that a framework integration made of an
+    exception an operation already reported; every other event unchanged.
+
+    Example:
+        >>> from invariantkit._sentry_scope import REPORTED, drop_duplicate
+        >>> exc = ValueError("card declined")
+        >>> setattr(exc, REPORTED, True)
+        >>> event = {"exception": {"values": [{"mechanism": {"type": "starlette"}}]}}
+        >>> drop_duplicate(event, {"exc_info": (ValueError, exc, None)}) is None
+        True
+        >>> ours = {"exception": {"values": [{"mechanism": {"type": "generic"}}]}}
+        >>> drop_duplicate(ours, {"exc_info": (ValueError, exc, None)}) is ours
+        True
+    """
+    try:
+        exc_info = (hint or {}).get("exc_info")
+        if not exc_info:
+            return event
+        if getattr(exc_info[1], REPORTED, False):
+            kinds = _mechanisms(event)
+            # "generic" is what capture_exception() gives: invariantkit's own event, or one the
+            # application captured on purpose. Integrations name themselves ("starlette").
+            if kinds and "generic" not in kinds:
+                return None
+        recording = _recording
+        if recording is not None and isinstance(exc_info[1], BaseException):
+            recording[str(event.get("event_id"))] = exc_info[1]
+    except Exception:
+        pass
+    return event
+
+
+def current_trace(sdk: Any) -> tuple[str, str] | None:
+    """The ``(trace_id, span_id)`` of Sentry's current span (a transaction that Sentry's own
+    framework integration started for this request), else None. ``sdk``: :func:`active_sdk`."""
+    try:
+        span = sdk.get_current_span()
+        if span is None:
+            return None  # the propagation context outside a request may be process-wide
+        return str(span.trace_id), str(span.span_id)
+    except Exception:
+        return None
+
+
+def sdk_span_id() -> str:
+    """A random 16-hex span id (the parent span id Sentry's propagation context wants)."""
+    import random
+
+    return format(random.getrandbits(64) or 1, "016x")
+
+
+def align_trace(trace_id: str) -> None:
+    """Give Sentry's current transaction (and its open spans' future children) ``trace_id``: the
+    framework's transaction and error events then share the correlation id of our own events."""
+    sdk = active_sdk()
+    if sdk is None:
+        return
+    try:
+        span = sdk.get_current_span()
+        if span is None:
+            # No transaction (tracing off): error events take the propagation context's id.
+            sdk.continue_trace({"sentry-trace": f"{trace_id}-{sdk_span_id()}"})
+            return
+        transaction = span.containing_transaction
+        for item in (span, transaction):
+            if item is not None and item.trace_id != trace_id:
+                item.trace_id = trace_id
+    except Exception:
+        pass
+
+
+def isolation(sdk: Any) -> Any:
+    """A fresh Sentry isolation scope for one request or task when no Sentry integration has
+    started a transaction (which forks its own), else a null context: a user set on the scope
+    never reaches the next request. ``sdk``: :func:`active_sdk`."""
+    try:
+        if sdk.get_current_span() is None:
+            return sdk.isolation_scope()
+    except Exception:
+        pass
+    return contextlib.nullcontext()

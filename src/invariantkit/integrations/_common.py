@@ -1,0 +1,217 @@
+"""What every integration does around one request or task: its own context, the incoming trace,
+the user."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+import time
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+from urllib.parse import unquote_plus
+
+from opentelemetry import baggage as otel_baggage
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.baggage.propagation import W3CBaggagePropagator
+
+from invariantkit import _sentry_scope
+from invariantkit._context import (
+    BAGGAGE_USER_KEY,
+    CORRELATION,
+    USER,
+    Binding,
+    identify,
+    new_span_id,
+    new_trace_id,
+)
+from invariantkit._context import _decode_user as decode_user
+
+__all__ = ["RequestContext", "require"]
+
+logger = logging.getLogger("invariantkit")
+
+
+def require(module: str, extra: str, what: str) -> ModuleType:
+    """Import ``module``, or raise an ImportError that names the extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(
+            f"{what} needs {module.partition('.')[0]}: pip install 'invariantkit[{extra}]'"
+        ) from exc
+
+
+# OpenTelemetry's own pattern (TraceContextTextMapPropagator), so both accept the same headers.
+_TRACEPARENT = re.compile(
+    r"^[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:(-.*)|[ \t]*)$"
+)
+_USER_PREFIX = BAGGAGE_USER_KEY + "="
+_NO_SDK = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+_EMPTY_CONTEXT = otel_context.get_current()  # the root context: no span, no baggage
+_FLAGS = (trace.TraceFlags(0), trace.TraceFlags(trace.TraceFlags.SAMPLED))
+
+
+def _parse_traceparent(value: str | None) -> tuple[int, int, int] | None:
+    """``(trace_id, span_id, flags)`` of a valid W3C ``traceparent``, else None. (The same rules
+    as OpenTelemetry's propagator, at a fraction of its cost on every request.)"""
+    if not value or len(value) > 512:
+        return None
+    match = _TRACEPARENT.match(value)
+    if match is None:
+        return None
+    version, trace_hex, span_hex, flags, rest = match.groups()
+    if version == "ff" or (rest and version == "00"):
+        return None
+    trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
+    if not trace_id or not span_id:
+        return None
+    return trace_id, span_id, int(flags, 16)
+
+
+def _no_tracer_sdk() -> bool:
+    """True while no OpenTelemetry SDK tracer provider is set; rechecked at most once a second
+    (the check reads ``os.environ``, a measurable share of a request's cost)."""
+    global _sdk_checked_at, _sdk_absent
+    now = time.monotonic()
+    if now - _sdk_checked_at > 1.0:
+        _sdk_checked_at = now
+        _sdk_absent = isinstance(trace.get_tracer_provider(), _NO_SDK)
+    return _sdk_absent
+
+
+_sdk_checked_at = -2.0
+_sdk_absent = True
+
+
+class RequestContext:
+    """The bindings of one request or task, entered at its start and left at its end.
+
+    ``enter()`` always binds the user (``None`` when nobody is known) and, unless OpenTelemetry's
+    instrumentation made a span current, the trace context, with tokens that ``leave()`` resets:
+    whatever the handler binds without ``with`` is undone too. It runs on every request, so it
+    avoids OpenTelemetry's generic propagators where it can (``benchmarks/asgi.py``).
+    """
+
+    __slots__ = ("_corr_token", "_in_request", "_otel_token", "_sentry", "_user_token")
+
+    def __init__(self) -> None:
+        self._in_request: Any = None
+        self._corr_token: Any = None
+        self._otel_token: Any = None
+        self._user_token: Any = None
+        self._sentry: Any = None
+
+    def enter(
+        self,
+        traceparent: str | None,
+        baggage: str | None,
+        user: Callable[[Any], object] | None = None,
+        request: Any = None,
+    ) -> None:
+        """Continue ``traceparent``/``baggage`` and bind the user ``user(request)`` returns (else
+        the one in ``baggage``, else none). Never raises."""
+        try:
+            sdk = _sentry_scope.active_sdk()
+            if sdk is not None:
+                self._sentry = _sentry_scope.isolation(sdk)
+                self._sentry.__enter__()
+                self._in_request = _sentry_scope.IN_REQUEST.set(True)
+            ctx = otel_context.get_current()
+            span_ctx = trace.get_current_span(ctx).get_span_context()
+            remote = None
+            if span_ctx.is_valid:  # OpenTelemetry's instrumentation continued the trace
+                trace_id = span_ctx.trace_id
+            else:
+                parsed = _parse_traceparent(traceparent)
+                if parsed is None:
+                    ids = _sentry_scope.current_trace(sdk) if sdk is not None else None
+                    if ids is not None:
+                        parsed = (int(ids[0], 16), int(ids[1], 16), 1)
+                    else:
+                        parsed = (new_trace_id(), new_span_id(), 1)
+                trace_id, span_id, flags = parsed
+                remote = (trace_id, span_id, flags)
+            baggage_user = None
+            if baggage:
+                if baggage.startswith(_USER_PREFIX) and "," not in baggage and ";" not in baggage:
+                    raw = baggage[len(_USER_PREFIX) :]
+                    if "%" in raw or "+" in raw or raw != raw.strip():
+                        raw = unquote_plus(raw).strip()
+                    baggage_user = decode_user(raw)
+                else:  # other members too: keep them all in the context, as ik.extract() does
+                    ctx = W3CBaggagePropagator().extract({"baggage": baggage}, context=ctx)
+                    value = otel_baggage.get_baggage(BAGGAGE_USER_KEY, ctx)
+                    if isinstance(value, str):
+                        baggage_user = decode_user(value)
+            if remote is not None:
+                if ctx is _EMPTY_CONTEXT and _no_tracer_sdk():
+                    # No OpenTelemetry SDK and nothing else in the context: invariantkit's own
+                    # correlation is the whole trace context (one contextvar, what operations
+                    # use without a tracer).
+                    self._corr_token = CORRELATION.set(remote[:2])
+                else:
+                    span = trace.NonRecordingSpan(
+                        trace.SpanContext(remote[0], remote[1], True, _FLAGS[remote[2] & 1])
+                    )
+                    ctx = trace.set_span_in_context(span, ctx)
+            if self._corr_token is None:
+                self._otel_token = otel_context.attach(ctx)
+            user_id: Any = _call_user(user, request) if user is not None else None
+            if user_id is not None:
+                try:
+                    # identify(): the span attribute, Sentry's user and PII handling, as in
+                    # handlers; it validates the id.
+                    self._user_token = identify(user_id)
+                except (TypeError, ValueError) as exc:
+                    logger.warning("invariantkit: ignoring the user id of the request: %s", exc)
+                    user_id = None
+            if user_id is None:
+                self._user_token = USER.set(baggage_user or None)
+            if sdk is not None:
+                _sentry_scope.set_user(USER.get())
+                _sentry_scope.align_trace(format(trace_id, "032x"))
+        except Exception:
+            logger.warning("invariantkit: could not bind the request's context", exc_info=True)
+
+    def leave(self) -> None:
+        """Restore what was bound before :meth:`enter`. Never raises."""
+        user, self._user_token = self._user_token, None
+        otel, self._otel_token = self._otel_token, None
+        corr, self._corr_token = self._corr_token, None
+        in_request, self._in_request = self._in_request, None
+        sentry, self._sentry = self._sentry, None
+        # Each reset on its own: one failing (left in another context) must not keep the others.
+        for reset, token in (
+            (_reset_user, user),
+            (otel_context.detach, otel),
+            (CORRELATION.reset, corr),
+            (_sentry_scope.IN_REQUEST.reset, in_request),
+        ):
+            if token is not None:
+                try:
+                    reset(token)
+                except Exception:
+                    pass
+        if sentry is not None:
+            try:
+                sentry.__exit__(None, None, None)
+            except Exception:
+                pass
+
+
+def _reset_user(token: Any) -> None:
+    if isinstance(token, Binding):
+        token.detach()
+    else:
+        USER.reset(token)
+
+
+def _call_user(user: Callable[[Any], object], request: Any) -> object:
+    try:
+        return user(request)
+    except Exception:
+        logger.warning("invariantkit: the user_id callable raised; no user bound", exc_info=True)
+        return None

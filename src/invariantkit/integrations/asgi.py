@@ -1,0 +1,93 @@
+"""Starlette and FastAPI (any ASGI app): one invariantkit context per request.
+
+Example:
+    >>> from starlette.applications import Starlette
+    >>> from invariantkit.integrations.asgi import InvariantkitMiddleware
+    >>> app = Starlette()
+    >>> app.add_middleware(InvariantkitMiddleware, user_id=lambda request: None)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
+
+from invariantkit.integrations._common import RequestContext, require
+
+if TYPE_CHECKING:
+    from starlette.requests import HTTPConnection
+
+__all__ = ["InvariantkitMiddleware"]
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class InvariantkitMiddleware:
+    """A pure ASGI middleware: each HTTP or WebSocket connection runs in its own invariantkit
+    context, continuing the incoming ``traceparent``/``baggage`` (unless OpenTelemetry's ASGI
+    instrumentation already made a span current) and binding the user.
+
+    Args:
+        app: the ASGI application to wrap.
+        user_id: ``f(connection) -> str | int | None``, given a
+            ``starlette.requests.HTTPConnection``: the user of the request (say, from the
+            session or a verified token). Default: the ``user_id`` in the incoming ``baggage``,
+            else no user. Needs Starlette (``pip install 'invariantkit[fastapi]'``).
+
+    A user bound with ``ik.identify()`` inside a handler, with or without ``with``, ends with the
+    request. Lifespan and other scopes pass through untouched.
+
+    Example:
+        >>> from fastapi import FastAPI
+        >>> from invariantkit.integrations.asgi import InvariantkitMiddleware
+        >>> app = FastAPI()
+        >>> app.add_middleware(
+        ...     InvariantkitMiddleware, user_id=lambda request: request.headers.get("x-user")
+        ... )
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        user_id: Callable[[HTTPConnection], str | int | None] | None = None,
+    ) -> None:
+        if user_id is not None and not callable(user_id):
+            raise TypeError(
+                "InvariantkitMiddleware(user_id=...): expected a function of the request, got "
+                f"{type(user_id).__name__}"
+            )
+        self.app = app
+        self.user_id = user_id
+        self._user: Callable[[Scope], object] | None = None
+        if user_id is not None:
+            connection = require(
+                "starlette.requests", "fastapi", "invariantkit.integrations.asgi(user_id=...)"
+            ).HTTPConnection
+
+            def user(scope: Scope) -> object:
+                return user_id(connection(scope))
+
+            self._user = user
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or ())  # in C; a repeated name keeps the last
+        traceparent = headers.get(b"traceparent")
+        baggage = headers.get(b"baggage")
+        context = RequestContext()
+        context.enter(
+            traceparent.decode("latin-1") if traceparent is not None else None,
+            baggage.decode("latin-1") if baggage is not None else None,
+            self._user,
+            scope,
+        )
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            context.leave()

@@ -1,0 +1,143 @@
+"""What every integration shares: traceparent parsing, OpenTelemetry's own instrumentation first,
+bad input from the request, and the extra named when a framework is missing."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+import invariantkit as ik
+from invariantkit._context import USER
+from invariantkit.integrations._common import RequestContext, _parse_traceparent, require
+from invariantkit.integrations.asgi import InvariantkitMiddleware
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+
+
+def otel(value: str) -> tuple[int, int, int] | None:
+    ctx = TraceContextTextMapPropagator().extract({"traceparent": value})
+    span = trace.get_current_span(ctx).get_span_context()
+    return (span.trace_id, span.span_id, int(span.trace_flags)) if span.is_valid else None
+
+
+LOWER_HEX = "0123456789abcdef"
+
+
+def hex_of(size: int) -> st.SearchStrategy[str]:
+    """Mostly well-formed lowercase hex of ``size``; sometimes a wrong length or upper case."""
+    valid = st.text(LOWER_HEX, min_size=size, max_size=size)
+    return st.one_of(
+        valid,
+        valid,
+        valid,
+        st.text(LOWER_HEX, min_size=size, max_size=size).map(str.upper),
+        st.text(LOWER_HEX, min_size=size - 1, max_size=size + 1),
+        st.just("0" * size),
+    )
+
+
+traceparents = st.one_of(
+    st.builds(
+        lambda v, t, s, f, rest, pad: f"{pad}{v}-{t}-{s}-{f}{rest}{pad}",
+        st.sampled_from(["00", "01", "ff", "0g", "cc", "0"]),
+        hex_of(32),
+        hex_of(16),
+        hex_of(2),
+        st.sampled_from(["", "-", "-what-ever"]),
+        st.sampled_from(["", " ", "\t", "\n"]),
+    ),
+    st.text(max_size=60),
+)
+
+
+@settings(max_examples=500)
+@given(traceparents)
+@example(f"ff-{TRACE_ID}-00f067aa0ba902b7-01")
+@example(f"{TRACEPARENT}-more")
+@example(f"cc-{TRACE_ID}-00f067aa0ba902b7-01-more")
+@example(f" \t{TRACEPARENT}\n")
+def test_traceparent_parsing_agrees_with_opentelemetrys_propagator(value: str) -> None:
+    """The fast parser accepts exactly what OpenTelemetry's propagator accepts, with the same ids."""
+    assert _parse_traceparent(value) == otel(value)
+
+
+def test_opentelemetrys_own_server_span_wins_over_the_header() -> None:
+    """With OpenTelemetry's instrumentation (a valid span is current), the middleware keeps its
+    trace and only binds the user."""
+    tracer = TracerProvider().get_tracer("test")
+    seen: dict[str, Any] = {}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.update(trace_id=ik.correlation_id(), user=USER.get())
+
+    middleware = InvariantkitMiddleware(app, user_id=lambda conn: conn.headers.get("x-user"))
+    scope = {
+        "type": "http",
+        "headers": [(b"traceparent", TRACEPARENT.encode()), (b"x-user", b"u1")],
+    }
+    with tracer.start_as_current_span("GET /") as span:
+        asyncio.run(middleware(scope, None, None))  # type: ignore[arg-type]
+        server_trace = format(span.get_span_context().trace_id, "032x")
+    assert seen == {"trace_id": server_trace, "user": "u1"}
+    assert server_trace != TRACE_ID
+
+
+def test_a_raising_user_function_or_a_bad_user_id_leaves_the_request_anonymous(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Bad input at request time is logged, never raised into the request."""
+    for bad in (lambda r: 1 / 0, lambda r: ["not", "an", "id"], lambda r: "x" * 500):
+        context = RequestContext()
+        context.enter(TRACEPARENT, "user_id=from_baggage", bad, None)
+        try:
+            assert USER.get() == "from_baggage"
+            assert ik.correlation_id() == TRACE_ID
+        finally:
+            context.leave()
+        assert USER.get() is None
+    assert "user_id" in caplog.text or "user id" in caplog.text
+
+
+def test_a_malformed_traceparent_gets_a_fresh_trace_id() -> None:
+    context = RequestContext()
+    context.enter("00-nothex-01", None)
+    try:
+        first = ik.correlation_id()
+        assert first == ik.correlation_id() != TRACE_ID  # bound: one id for the request
+    finally:
+        context.leave()
+
+
+def test_baggage_with_other_members_keeps_them_for_the_next_hop() -> None:
+    """Other baggage members travel on through ``ik.inject()``, as with ``ik.extract()``."""
+    context = RequestContext()
+    context.enter(TRACEPARENT, "tenant=acme,user_id=u%202")
+    try:
+        assert USER.get() == "u 2"
+        headers = ik.inject({})
+    finally:
+        context.leave()
+    assert "tenant=acme" in headers["baggage"]
+    assert headers["traceparent"].split("-")[1] == TRACE_ID
+
+
+def test_a_missing_framework_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "starlette.requests", None)
+    with pytest.raises(ImportError, match=r"pip install 'invariantkit\[fastapi\]'"):
+        InvariantkitMiddleware(lambda s, r, se: None, user_id=lambda conn: None)  # type: ignore[arg-type]
+    with pytest.raises(ImportError, match=r"invariantkit\[celery\]"):
+        require("no_such_celery_module", "celery", "instrument()")
+
+
+def test_user_id_must_be_callable() -> None:
+    with pytest.raises(TypeError, match="user_id"):
+        InvariantkitMiddleware(lambda s, r, se: None, user_id="x-user")  # type: ignore[arg-type]
