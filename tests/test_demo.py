@@ -381,7 +381,7 @@ class TestPromtool:
         """No promtool on PATH: the report names the Debian package, every backend cell is
         still checked, and no alert is claimed."""
         monkeypatch.setenv("PATH", "/nonexistent")
-        report = run_demo(subscriptions=20, days=7, seed=5, environ={})
+        report = run_demo(subscriptions=20, days=8, seed=5, environ={})
         assert report.rules_error is not None
         assert "apt-get install prometheus" in report.rules_error
         assert all(cell.caught for f in report.faults for cell in f.cells.values())
