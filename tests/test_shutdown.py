@@ -166,7 +166,8 @@ def test_shutdown_accounts_for_every_violation_with_sentrys_default_queue() -> N
         for reason in ("queue_full", "shutdown", "sdk_queue_full", "error", "sampled")
     }
     assert delivered + sum(counted.values()) == total, (delivered, counted)
-    assert counted["sdk_queue_full"] > 0  # a queue of 100 cannot hold the burst
+    # How much is Sentry's overflow, how much the bound left behind and how much arrived
+    # depends on the machine's load; that nothing is lost uncounted does not.
     metric = sum(
         s.value
         for f in registry.collect()

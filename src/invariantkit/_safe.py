@@ -465,6 +465,8 @@ class Scrubber:
                 text = self._redact_pairs(text)
         for pattern in self.patterns:
             text = pattern.sub(REDACTED, text)
+        if len(text) > SCRUB_LIMIT:  # each redaction may be longer than what it replaced
+            text = text[: SCRUB_LIMIT - 1] + "…"
         return text
 
     def _redact_header(self, match: re.Match[str]) -> str:

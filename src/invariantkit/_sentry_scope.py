@@ -16,8 +16,10 @@ Everything here is a no-op when ``sentry_sdk`` is not imported or has no active 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import sys
+import threading
 from collections.abc import Iterator
 from contextvars import ContextVar
 from typing import Any
@@ -32,12 +34,17 @@ __all__ = [
     "mark_reported",
     "recording",
     "set_user",
+    "was_reported",
 ]
 
 #: True inside a request or task that an integration entered (its own Sentry isolation scope).
 IN_REQUEST: ContextVar[bool] = ContextVar("invariantkit.in_request", default=False)
-#: Set on an exception whose failure an operation reports to Sentry (see ``sinks._sentry``).
-REPORTED = "_invariantkit_reported"
+#: The exceptions whose failure an operation reported to Sentry (see ``sinks._sentry``), most
+#: recent last, compared by identity. Never an attribute on the user's exception object (we do
+#: not change what the application raises); exceptions cannot be weakly referenced, so the ring
+#: is small: a framework captures the exception moments after the operation reported it.
+_REPORTED: collections.deque[BaseException] = collections.deque(maxlen=32)
+_REPORTED_LOCK = threading.Lock()
 _installed = False
 #: Under ``capture_signals()``: event id -> the exception each outgoing Sentry event reports.
 _recording: dict[str, BaseException] | None = None
@@ -82,11 +89,16 @@ def mark_reported(exc: BaseException) -> None:
     Runs on the caller's thread, before the exception leaves the operation: the framework
     captures it later on the same thread, while invariantkit's own event may still be queued.
     """
-    try:
-        setattr(exc, REPORTED, True)
-    except Exception:
-        return  # an exception type with __slots__: both events are kept rather than neither
+    with _REPORTED_LOCK:
+        if not any(seen is exc for seen in _REPORTED):
+            _REPORTED.append(exc)
     _install()
+
+
+def was_reported(exc: object) -> bool:
+    """True when an operation reported ``exc`` (this very object) to Sentry recently."""
+    with _REPORTED_LOCK:
+        return any(seen is exc for seen in _REPORTED)
 
 
 def _install() -> None:
@@ -140,9 +152,9 @@ def drop_duplicate(event: Any, hint: Any) -> Any:
     exception an operation already reported; every other event unchanged.
 
     Example:
-        >>> from invariantkit._sentry_scope import REPORTED, drop_duplicate
+        >>> from invariantkit._sentry_scope import drop_duplicate, mark_reported
         >>> exc = ValueError("card declined")
-        >>> setattr(exc, REPORTED, True)
+        >>> mark_reported(exc)
         >>> event = {"exception": {"values": [{"mechanism": {"type": "starlette"}}]}}
         >>> drop_duplicate(event, {"exc_info": (ValueError, exc, None)}) is None
         True
@@ -154,7 +166,7 @@ def drop_duplicate(event: Any, hint: Any) -> Any:
         exc_info = (hint or {}).get("exc_info")
         if not exc_info:
             return event
-        if getattr(exc_info[1], REPORTED, False):
+        if was_reported(exc_info[1]):
             kinds = _mechanisms(event)
             # "generic" is what capture_exception() gives: invariantkit's own event, or one the
             # application captured on purpose. Integrations name themselves ("starlette").

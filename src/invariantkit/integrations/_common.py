@@ -26,6 +26,7 @@ from invariantkit._context import (
     identify,
     new_span_id,
     new_trace_id,
+    user_id_text,
 )
 from invariantkit._context import _decode_user as decode_user
 
@@ -169,7 +170,9 @@ class RequestContext:
                     logger.warning("invariantkit: ignoring the user id of the request: %s", exc)
                     user_id = None
             if user_id is None:
-                self._user_token = USER.set(baggage_user or None)
+                # The same PII handling as identify() and extract(): an e-mail in baggage
+                # leaves as its pseudonym.
+                self._user_token = USER.set(user_id_text(baggage_user) if baggage_user else None)
             if sdk is not None:
                 _sentry_scope.set_user(USER.get())
                 _sentry_scope.align_trace(format(trace_id, "032x"))

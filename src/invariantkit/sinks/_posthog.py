@@ -200,12 +200,24 @@ class PostHog(Bound):
             except TypeError:  # posthog releases before timeout_seconds existed
                 client.flush()
 
-        return bounded(run, timeout, "invariantkit-posthog-flush")
+        # PostHog's flush returns quietly when its budget runs out: "handed over" means its
+        # queues have nothing left unfinished (a batch stuck on a hanging host included).
+        return bounded(run, timeout, "invariantkit-posthog-flush") and not _pending(client)
 
     def shutdown(self, timeout: float) -> bool:
         if not self._owned:
             return self.flush(timeout)
         return bounded(self.client.shutdown, timeout, "invariantkit-posthog-shutdown")
+
+
+def _pending(client: Any) -> bool:
+    """True when PostHog's client still holds events not yet sent (queued or in an upload)."""
+    try:
+        lanes = getattr(client, "_lanes", None)
+        queues = [lane.queue for lane in lanes] if lanes else [getattr(client, "queue", None)]
+        return any(getattr(q, "unfinished_tasks", 0) for q in queues if q is not None)
+    except Exception:
+        return False
 
 
 def _safe_attributes(attributes: Any, scrubber: Scrubber) -> dict[str, Any]:

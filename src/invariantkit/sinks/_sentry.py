@@ -252,13 +252,14 @@ class Sentry(Bound):
         becomes a Sentry event or check-in, else None. invariantkit's dispatcher calls it, then
         :meth:`deliver` on its worker."""
         kind = record.kind
+        failed: BaseException | None = None
         if kind == "operation":
             exc = record.exception
             if record.status != "failure" or not isinstance(exc, Exception):
                 return None
             if _already_reported(exc):
                 return None
-            mark_reported(exc)  # Sentry's framework integrations drop their copy of it
+            failed = exc
         elif kind == "constraint":
             if record.status != "missing":
                 return None
@@ -266,6 +267,8 @@ class Sentry(Bound):
             return None
         if not self._client().is_active():
             return None  # no sentry_sdk.init() yet (or a closed client): nothing to send
+        if failed is not None:
+            mark_reported(failed)  # Sentry's framework integrations drop their copy of it
         # Keep what the caller's scopes know (request, breadcrumbs, tags); capture off the path.
         sdk = self._sdk
         return sdk.get_isolation_scope().fork(), sdk.get_current_scope().fork()
