@@ -39,7 +39,7 @@ from invariantkit import _sentry_scope
 from invariantkit._catalog import Invariant, get_catalog
 from invariantkit._config import STATE, Config, Mode, _check_sinks, swap
 from invariantkit._context import CORRELATION, USER
-from invariantkit._dispatch import Dispatcher
+from invariantkit._dispatch import Dispatcher, SinkHandle
 from invariantkit._record import Record
 from invariantkit._safe import NO_SCRUB, Scrubber
 from invariantkit.sinks._base import SinkContext, SinkUnavailable
@@ -119,8 +119,8 @@ class _CapturingDispatcher(Dispatcher):
         super().__init__(sinks, context=context)
         self._errors = errors
 
-    def sink_failed(self, sink: Sink, exc: BaseException) -> None:
-        name = str(getattr(sink, "name", type(sink).__name__))
+    def sink_failed(self, sink: SinkHandle, exc: BaseException) -> None:
+        name = sink.name
         self._errors.add(SinkError(name, exc, f"sink {name!r} raised {type(exc).__name__}: {exc}"))
         super().sink_failed(sink, exc)
 
