@@ -680,6 +680,36 @@ def test_one_registry_builds_every_backend_by_its_sink_name() -> None:
     assert "json_logs" in [sink.name for sink in auto_sinks()]
 
 
+def test_registry_builds_each_backend_with_its_client() -> None:
+    """Per backend, the registry also builds the SDK client: ``capture`` on the real SDK with
+    in-memory delivery (what capture_signals reads), ``from_env`` from the environment
+    variables that name the backend (None when they name none); ``close`` releases it."""
+    from invariantkit.sinks._registry import BACKENDS, capture, from_env
+
+    for name in BACKENDS:
+        built = capture(name, service="svc", environment="test")
+        assert built.sink.name == name
+        built.close()
+        assert from_env(name, {}) is None or name == "prometheus"
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+        "SENTRY_DSN": "http://public@127.0.0.1:9/1",
+        "POSTHOG_PROJECT_API_KEY": "phc_registry",
+        "POSTHOG_HOST": "http://127.0.0.1:9",
+    }
+    for name in ("otel_traces", "sentry", "posthog"):
+        from_environ = from_env(name, env)
+        assert from_environ is not None
+        assert from_environ.sink.name == name
+        from_environ.sink.shutdown(0.5)
+        from_environ.close()
+    # The captures are the real SDKs: a Sentry event becomes an envelope in the transport.
+    sentry = capture("sentry", service="svc", environment="test")
+    sentry.client.capture_event({"message": "kept"})
+    assert [e.get_event()["message"] for e in sentry.store.envelopes] == ["kept"]
+    sentry.close()
+
+
 def _posthog_client() -> Any:
     import posthog
 
