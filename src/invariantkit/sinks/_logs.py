@@ -132,7 +132,7 @@ def make_line_record(
         log_record.created = created
         log_record.msecs = (created % 1) * 1000
         return log_record
-    key = (_getpid(), _get_ident())
+    key = _get_ident()
     template = _templates.get(key)
     if template is None:
         if len(_templates) > 64:  # threads come and go: keep this bounded
@@ -159,10 +159,12 @@ _make_record = logging.Logger.makeRecord
 _new_record = object.__new__
 _level_name = logging.getLevelName
 _start_time: float = getattr(logging, "_startTime", 0.0)
-_getpid = os.getpid
 _get_ident = threading.get_ident
-#: Per (process, thread): the ``__dict__`` of one stdlib record made on that thread.
-_templates: dict[tuple[int, int], dict[str, Any]] = {}
+#: Per thread: the ``__dict__`` of one stdlib record made on that thread (forgotten in a forked
+#: child, whose process id differs).
+_templates: dict[int, dict[str, Any]] = {}
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_templates.clear)
 
 
 def handle_line(logger: logging.Logger, record: logging.LogRecord) -> None:
