@@ -11,7 +11,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
 from invariantkit._record import Record
 from invariantkit._safe import Scrubber, install_log_filter, safe_str, scrub_for_log
@@ -487,6 +487,7 @@ class SinkHandle:
     nothing. The one place that reads a sink's optional members."""
 
     __slots__ = (
+        "batches",
         "deferred",
         "deliver",
         "emit",
@@ -494,7 +495,9 @@ class SinkHandle:
         "name",
         "opens_spans",
         "prepare",
+        "prepares",
         "sink",
+        "starts",
         "storm_limited",
         "wants_starts",
     )
@@ -504,24 +507,33 @@ class SinkHandle:
         self.name = _name_of(sink)
         self.deferred = bool(sink.deferred)
         self.emit: Callable[[Record], Any] = sink.emit
+        # Optional members the sink lacks are no-ops; the flags say which ones it has.
         #: Deferred sinks that first read the caller's context (Sentry forks its scopes there):
         #: ``prepare(record)`` on the caller's thread, ``deliver(record, prepared)`` on the worker.
-        self.prepare: Callable[[Record], Any] | None = None
-        self.deliver: Callable[[Record, Any], Any] | None = None
+        self.prepare: Callable[[Record], Any] = _none
+        self.deliver: Callable[[Record, Any], Any] = _none
         #: Deferred sinks that take each worker batch at once: ``emit_batch(records)``.
-        self.emit_batch: Callable[[list[Record]], Any] | None = None
-        if self.deferred:
-            prepare, deliver = _member(sink, "prepare"), _member(sink, "deliver")
-            if prepare is not None and deliver is not None:
-                self.prepare, self.deliver = prepare, deliver
-            else:
-                self.emit_batch = _member(sink, "emit_batch")
+        self.emit_batch: Callable[[list[Record]], Any] = _none
+        prepare, deliver = _member(sink, "prepare"), _member(sink, "deliver")
+        self.prepares = self.deferred and prepare is not None and deliver is not None
+        if self.prepares:
+            self.prepare, self.deliver = prepare, deliver
+        batch = _member(sink, "emit_batch")
+        self.batches = self.deferred and not self.prepares and batch is not None
+        if self.batches:
+            self.emit_batch = batch
         #: ``wants_starts()``: whether the sink wants ``operation_start`` records now.
-        self.wants_starts: Callable[[], bool] | None = _member(sink, "wants_starts")
+        starts = _member(sink, "wants_starts")
+        self.starts = starts is not None
+        self.wants_starts: Callable[[], bool] = starts if starts is not None else _none
         #: Each violation of a storm would cost money or quota (Sentry, PostHog).
         self.storm_limited = getattr(sink, "storm_limited", False) is True
         #: The traces sink opens spans itself (they must exist during the call).
         self.opens_spans = getattr(sink, "opens_spans", False) is True
+
+
+def _none(*_: Any) -> Any:
+    return None
 
 
 def _member(sink: Sink, name: str) -> Any:
@@ -577,12 +589,12 @@ class Dispatcher:
         #: Sinks called on the caller's thread, and those handed to the worker.
         self.inline: tuple[SinkHandle, ...] = tuple(h for h in handles if not h.deferred)
         self.deferred: tuple[SinkHandle, ...] = tuple(h for h in handles if h.deferred)
-        self.preparers: tuple[SinkHandle, ...] = tuple(h for h in self.deferred if h.prepare)
+        self.preparers: tuple[SinkHandle, ...] = tuple(h for h in self.deferred if h.prepares)
         #: Deferred sinks that get each record as it is (no prepare step): by ``emit_batch``
         #: (``batchers``) or one ``emit`` per record (``each``).
-        self.plain: tuple[SinkHandle, ...] = tuple(h for h in self.deferred if not h.prepare)
-        self.batchers: tuple[SinkHandle, ...] = tuple(h for h in self.plain if h.emit_batch)
-        self.each: tuple[SinkHandle, ...] = tuple(h for h in self.plain if not h.emit_batch)
+        self.plain: tuple[SinkHandle, ...] = tuple(h for h in self.deferred if not h.prepares)
+        self.batchers: tuple[SinkHandle, ...] = tuple(h for h in self.plain if h.batches)
+        self.each: tuple[SinkHandle, ...] = tuple(h for h in self.plain if not h.batches)
         #: At most ``events_per_minute`` violations per invariant reach these; the rest are
         #: counted (reason ``sampled``).
         self.limited: tuple[SinkHandle, ...] = tuple(h for h in handles if h.storm_limited)
@@ -590,7 +602,9 @@ class Dispatcher:
         self._logged: set[str] = set()
         traces = next((h for h in handles if h.opens_spans), None)
         self._traces_handle = traces
-        self.traces: OtelTraces | None = traces.sink if traces is not None else None  # type: ignore[assignment]
+        self.traces: OtelTraces | None = (
+            cast("OtelTraces", traces.sink) if traces is not None else None
+        )
         #: Violations outside any span get their span on the worker, not on the call path.
         self.spans_later = self.traces is not None and self.traces.defers_violation_spans
         self.worker: Worker | None = (
@@ -599,7 +613,7 @@ class Dispatcher:
             else None
         )
         #: Sinks that may want ``operation_start`` records (``wants_starts()``: JSON logs at DEBUG).
-        self.start_sinks: tuple[SinkHandle, ...] = tuple(h for h in handles if h.wants_starts)
+        self.start_sinks: tuple[SinkHandle, ...] = tuple(h for h in handles if h.starts)
         #: Set when shutdown() ran out of time: what the worker still holds is counted as lost
         #: (reason "shutdown"), never delivered behind the caller's back.
         self._abandoned = False
@@ -655,7 +669,7 @@ class Dispatcher:
         """True when a sink wants the ``operation_start`` record of the operation beginning now."""
         for sink in self.start_sinks:
             try:
-                if sink.wants_starts():  # type: ignore[misc]
+                if sink.wants_starts():
                     return True
             except Exception as exc:
                 self.sink_failed(sink, exc)
@@ -669,7 +683,7 @@ class Dispatcher:
             if sampled and sink.storm_limited:
                 continue
             try:
-                ready = sink.prepare(record)  # type: ignore[misc]
+                ready = sink.prepare(record)
             except Exception as exc:
                 self.record_failed(sink, exc)
                 continue
@@ -702,7 +716,7 @@ class Dispatcher:
             if not records:
                 continue
             try:
-                sink.emit_batch(records)  # type: ignore[misc]
+                sink.emit_batch(records)
             except Exception as exc:
                 self.sink_failed(sink, exc)
                 self.count_dropped(sink.name, len(records), "error")
@@ -714,12 +728,12 @@ class Dispatcher:
             record = item.record
             prepared = item.prepared
             sampled = item.sampled
-            traces = self.traces
-            if item.span_parent != NO_SPAN and traces is not None:
+            traces, handle = self.traces, self._traces_handle
+            if item.span_parent != NO_SPAN and traces is not None and handle is not None:
                 try:
                     traces.violation_span(record, item.span_parent)
                 except Exception as exc:
-                    self.record_failed(self._traces_handle, exc)  # type: ignore[arg-type]
+                    self.record_failed(handle, exc)
         else:
             record = item
         for sink in self.each:
@@ -734,7 +748,7 @@ class Dispatcher:
                 if ready is None:
                     continue
                 try:
-                    sink.deliver(record, ready)  # type: ignore[misc]
+                    sink.deliver(record, ready)
                 except Exception as exc:
                     self.record_failed(sink, exc)
 
