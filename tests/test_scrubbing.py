@@ -11,7 +11,7 @@ import re
 import string
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -799,3 +799,55 @@ def test_card_numbers_in_event_names_and_emails_in_our_own_logs_are_scrubbed() -
         assert any("dropped" in line for line in own)
     assert "4242 4242 4242 4242" not in output
     assert "bob@example.com" not in output
+
+
+class _CountingScrubber(Scrubber):
+    """The default rules, counting each text and number it scrubs (shared by all instances)."""
+
+    seen: ClassVar[list[str]] = []
+
+    def scrub_text(self, text: str) -> str:
+        _CountingScrubber.seen.append(text)
+        return super().scrub_text(text)
+
+    def scrub_number(self, value: int) -> int | str:
+        _CountingScrubber.seen.append(str(value))
+        return super().scrub_number(value)
+
+
+# Built, not written: Sentry's source context of the test's own lines must not contain them.
+OP_MARK, TAG_MARK, EXTRA_MARK = (f"{part}-mark" for part in ("opattr", "tagval", "extraval"))
+
+
+def test_each_record_is_scrubbed_once_for_all_five_sinks() -> None:
+    """A record's attributes, tags and extra are made safe once, where the record is made;
+    traces, metrics, Sentry, PostHog and the JSON log line all send that result and none scrubs
+    it again (each value would otherwise be scrubbed once per sink, on the worker)."""
+    _CountingScrubber.seen.clear()
+    with capture_signals(scrub=_CountingScrubber()) as signals:
+        invariant = ik.Invariant(SCRUB_INVARIANT, type="scrub", summary="x")
+
+        with (
+            pytest.raises(ValueError),
+            ik.billing_operation("scrub_once_renewal", user_facing=True) as run,
+        ):
+            run.set_attribute("plan_name", OP_MARK)
+            raise ValueError("declined")
+        ik.report_violation(invariant, tags={"plan_name": TAG_MARK}, extra={"note": EXTRA_MARK})
+        # Every sink received the values...
+        [failure] = [e for e in signals.sentry_events if e.get("exception")]
+        [violation] = [e for e in signals.sentry_events if not e.get("exception")]
+        assert failure["tags"]["plan_name"] == OP_MARK
+        assert violation["tags"]["plan_name"] == TAG_MARK
+        assert violation["extra"]["note"] == EXTRA_MARK
+        posthog = {e["event"]: e["properties"] for e in signals.posthog_events}
+        assert posthog["billing_scrub_once_renewal_failure"]["plan_name"] == OP_MARK
+        assert posthog["invariant_violated"]["plan_name"] == TAG_MARK
+        lines = {line["event"]: line for line in signals.logs}
+        assert any(
+            line.get("attributes", {}).get("plan_name") == OP_MARK for line in lines.values()
+        )
+        assert any(line.get("extra", {}).get("note") == EXTRA_MARK for line in lines.values())
+    # ...and each value was scrubbed exactly once.
+    for mark in (OP_MARK, TAG_MARK, EXTRA_MARK):
+        assert sum(mark in text for text in _CountingScrubber.seen) == 1, mark

@@ -384,7 +384,10 @@ class TestJsonLogs:
         assert [line["event"] for line in lines(stream)] == ["operation.end"]
 
     def test_structured_fields_on_the_log_record(self) -> None:
-        """Structured handlers read ``record.invariantkit``; the message is the same JSON."""
+        """Structured handlers read ``record.invariantkit``; the message is the same JSON. The
+        log record holds what ``makeRecord`` would have put there (the thread that wrote it,
+        the process, the level, the time of the signal), and a record factory the service
+        installed (to add its own fields) is still used."""
         seen: list[logging.LogRecord] = []
 
         class Keep(logging.Handler):
@@ -404,6 +407,23 @@ class TestJsonLogs:
         assert fields["name"] == "subscription_started"
         assert log_record.created == 1e9
         assert log_record.levelno == logging.INFO
+        made = logging.LogRecord(logger.name, logging.INFO, "invariantkit", 0, "x", (), None)
+        for name in ("thread", "threadName", "process", "processName", "module", "funcName"):
+            assert getattr(log_record, name) == getattr(made, name), name
+        factory = logging.getLogRecordFactory()
+
+        def tagged(*args: Any, **kwargs: Any) -> logging.LogRecord:
+            tagged_record = factory(*args, **kwargs)
+            tagged_record.deployment = "blue"
+            return tagged_record
+
+        logging.setLogRecordFactory(tagged)
+        try:
+            sink.emit(record)
+        finally:
+            logging.setLogRecordFactory(factory)
+        assert seen[-1].deployment == "blue"  # type: ignore[attr-defined]
+        assert seen[-1].created == 1e9
 
     def test_formatter_renders_other_records_as_json(self) -> None:
         """``JsonFormatter`` on a record that is not ours still writes one JSON line."""
@@ -642,6 +662,36 @@ def test_one_registry_builds_every_backend_by_its_sink_name() -> None:
         assert sink.name == name
         assert isinstance(sink, ik.sinks.Sink)
     assert "json_logs" in [sink.name for sink in auto_sinks()]
+
+
+def test_registry_builds_each_backend_with_its_client() -> None:
+    """Per backend, the registry also builds the SDK client: ``capture`` on the real SDK with
+    in-memory delivery (what capture_signals reads), ``from_env`` from the environment
+    variables that name the backend (None when they name none); ``close`` releases it."""
+    from invariantkit.sinks._registry import BACKENDS, capture, from_env
+
+    for name in BACKENDS:
+        built = capture(name, service="svc", environment="test")
+        assert built.sink.name == name
+        built.close()
+        assert from_env(name, {}) is None or name == "prometheus"
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9",
+        "SENTRY_DSN": "http://public@127.0.0.1:9/1",
+        "POSTHOG_PROJECT_API_KEY": "phc_registry",
+        "POSTHOG_HOST": "http://127.0.0.1:9",
+    }
+    for name in ("otel_traces", "sentry", "posthog"):
+        from_environ = from_env(name, env)
+        assert from_environ is not None
+        assert from_environ.sink.name == name
+        from_environ.sink.shutdown(0.5)
+        from_environ.close()
+    # The captures are the real SDKs: a Sentry event becomes an envelope in the transport.
+    sentry = capture("sentry", service="svc", environment="test")
+    sentry.client.capture_event({"message": "kept"})
+    assert [e.get_event()["message"] for e in sentry.store.envelopes] == ["kept"]
+    sentry.close()
 
 
 def _posthog_client() -> Any:

@@ -11,7 +11,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 
 from invariantkit._record import Record
 from invariantkit._safe import Scrubber, install_log_filter, safe_str, scrub_for_log
@@ -480,6 +480,68 @@ class _StormLimiter:
 _MAX_STORM_KEYS = 10_000
 
 
+class SinkHandle:
+    """A sink as the dispatcher uses it, resolved once when a configuration binds it: the
+    :class:`~invariantkit.sinks.Sink` protocol's optional members become bound callables (None
+    when the sink has none) and its flags plain booleans, so that sending a record probes
+    nothing. The one place that reads a sink's optional members."""
+
+    __slots__ = (
+        "batches",
+        "deferred",
+        "deliver",
+        "emit",
+        "emit_batch",
+        "name",
+        "opens_spans",
+        "prepare",
+        "prepares",
+        "sink",
+        "starts",
+        "storm_limited",
+        "wants_starts",
+    )
+
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self.name = _name_of(sink)
+        self.deferred = bool(sink.deferred)
+        self.emit: Callable[[Record], Any] = sink.emit
+        # Optional members the sink lacks are no-ops; the flags say which ones it has.
+        #: Deferred sinks that first read the caller's context (Sentry forks its scopes there):
+        #: ``prepare(record)`` on the caller's thread, ``deliver(record, prepared)`` on the worker.
+        self.prepare: Callable[[Record], Any] = _none
+        self.deliver: Callable[[Record, Any], Any] = _none
+        #: Deferred sinks that take each worker batch at once: ``emit_batch(records)``.
+        self.emit_batch: Callable[[list[Record]], Any] = _none
+        prepare, deliver = _member(sink, "prepare"), _member(sink, "deliver")
+        self.prepares = self.deferred and prepare is not None and deliver is not None
+        if self.prepares:
+            self.prepare, self.deliver = prepare, deliver
+        batch = _member(sink, "emit_batch")
+        self.batches = self.deferred and not self.prepares and batch is not None
+        if self.batches:
+            self.emit_batch = batch
+        #: ``wants_starts()``: whether the sink wants ``operation_start`` records now.
+        starts = _member(sink, "wants_starts")
+        self.starts = starts is not None
+        self.wants_starts: Callable[[], bool] = starts if starts is not None else _none
+        #: Each violation of a storm would cost money or quota (Sentry, PostHog).
+        self.storm_limited = getattr(sink, "storm_limited", False) is True
+        #: The traces sink opens spans itself (they must exist during the call).
+        self.opens_spans = getattr(sink, "opens_spans", False) is True
+
+
+def _none(*_: Any) -> Any:
+    return None
+
+
+def _member(sink: Sink, name: str) -> Any:
+    """The sink's optional method ``name``, or None."""
+    member = getattr(sink, name, None)
+    return member if callable(member) else None
+
+
 class _Job(NamedTuple):
     """A record with work prepared on the caller's thread: the span the traces sink makes on
     the worker (``span_parent``), what deferred sinks read from the caller's context
@@ -520,37 +582,29 @@ class Dispatcher:
             count_dropped=self.count_dropped,
         )
         for sink in self.sinks:
-            bind = getattr(sink, "bind", None)  # once per configuration, never per record
-            if callable(bind):
+            bind = _member(sink, "bind")  # once per configuration, never per record
+            if bind is not None:
                 bind(self.context)
-        self.inline: tuple[Sink, ...] = tuple(s for s in self.sinks if not s.deferred)
-        self.deferred: tuple[Sink, ...] = tuple(s for s in self.sinks if s.deferred)
-        # Deferred sinks that first read the caller's context (Sentry forks its scopes there):
-        # ``prepare(record)`` runs inline and its result, unless None, reaches
-        # ``deliver(record, prepared)`` on the worker. The others get every record by ``emit``.
-        self.preparers: tuple[Any, ...] = tuple(
-            s for s in self.deferred if callable(getattr(s, "prepare", None))
-        )
-        self.plain: tuple[Sink, ...] = tuple(s for s in self.deferred if s not in self.preparers)
-        #: Deferred sinks that take a whole batch at once (``emit_batch(records)``), and the
-        #: others, which get each record by ``emit``.
-        self.batchers: tuple[Any, ...] = tuple(
-            s for s in self.plain if callable(getattr(s, "emit_batch", None))
-        )
-        self.each: tuple[Sink, ...] = tuple(s for s in self.plain if s not in self.batchers)
-        #: Sinks that each violation of a storm would cost money or quota (Sentry, PostHog):
-        #: at most ``events_per_minute`` per invariant reach them, the rest are counted.
-        self.limited: frozenset[int] = frozenset(
-            id(s) for s in self.sinks if getattr(s, "storm_limited", False) is True
-        )
+        handles = self._handles = tuple(SinkHandle(s) for s in self.sinks)
+        #: Sinks called on the caller's thread, and those handed to the worker.
+        self.inline: tuple[SinkHandle, ...] = tuple(h for h in handles if not h.deferred)
+        self.deferred: tuple[SinkHandle, ...] = tuple(h for h in handles if h.deferred)
+        self.preparers: tuple[SinkHandle, ...] = tuple(h for h in self.deferred if h.prepares)
+        #: Deferred sinks that get each record as it is (no prepare step): by ``emit_batch``
+        #: (``batchers``) or one ``emit`` per record (``each``).
+        self.plain: tuple[SinkHandle, ...] = tuple(h for h in self.deferred if not h.prepares)
+        self.batchers: tuple[SinkHandle, ...] = tuple(h for h in self.plain if h.batches)
+        self.each: tuple[SinkHandle, ...] = tuple(h for h in self.plain if not h.batches)
+        #: At most ``events_per_minute`` violations per invariant reach these; the rest are
+        #: counted (reason ``sampled``).
+        self.limited: tuple[SinkHandle, ...] = tuple(h for h in handles if h.storm_limited)
         self._storms = _StormLimiter(events_per_minute) if self.limited else None
         self._logged: set[str] = set()
-        # The traces sink opens spans itself (they must exist during the call); it says so
-        # with ``opens_spans`` (the dispatcher imports no sink).
-        traces: Any = next(
-            (s for s in self.sinks if getattr(s, "opens_spans", False) is True), None
+        traces = next((h for h in handles if h.opens_spans), None)
+        self._traces_handle = traces
+        self.traces: OtelTraces | None = (
+            cast("OtelTraces", traces.sink) if traces is not None else None
         )
-        self.traces: OtelTraces | None = traces
         #: Violations outside any span get their span on the worker, not on the call path.
         self.spans_later = self.traces is not None and self.traces.defers_violation_spans
         self.worker: Worker | None = (
@@ -559,9 +613,7 @@ class Dispatcher:
             else None
         )
         #: Sinks that may want ``operation_start`` records (``wants_starts()``: JSON logs at DEBUG).
-        self.start_sinks: tuple[Any, ...] = tuple(
-            s for s in self.sinks if callable(getattr(s, "wants_starts", None))
-        )
+        self.start_sinks: tuple[SinkHandle, ...] = tuple(h for h in handles if h.starts)
         #: Set when shutdown() ran out of time: what the worker still holds is counted as lost
         #: (reason "shutdown"), never delivered behind the caller's back.
         self._abandoned = False
@@ -580,12 +632,11 @@ class Dispatcher:
             suppressed = storms.admit(record.name)
             if suppressed < 0:
                 sampled = True
-                self._dropped((s for s in self.sinks if id(s) in self.limited), "sampled")
+                self._dropped(self.limited, "sampled")
             elif suppressed:
                 record = record._replace(extra={**record.extra, "suppressed_count": suppressed})
-        limited = self.limited
         for sink in self.inline:
-            if sampled and id(sink) in limited:
+            if sampled and sink.storm_limited:
                 continue
             try:
                 sink.emit(record)
@@ -603,13 +654,13 @@ class Dispatcher:
         if not worker.submit(job):
             self._dropped(self._sinks_of(job), "queue_full")
 
-    def _sinks_of(self, item: Record | _Job) -> list[Any]:
+    def _sinks_of(self, item: Record | _Job) -> list[SinkHandle]:
         """The sinks a queued item was for."""
         if not isinstance(item, _Job):
             return list(self.plain)
-        lost = [s for s in self.plain if not (item.sampled and id(s) in self.limited)]
-        if item.span_parent != NO_SPAN and self.traces is not None:
-            lost.append(self.traces)
+        lost = [s for s in self.plain if not (item.sampled and s.storm_limited)]
+        if item.span_parent != NO_SPAN and self._traces_handle is not None:
+            lost.append(self._traces_handle)
         if item.prepared is not None:
             lost += [s for s, p in zip(self.preparers, item.prepared, strict=True) if p is not None]
         return lost
@@ -629,7 +680,7 @@ class Dispatcher:
         (the success path: no allocation)."""
         out: list[Any] | None = None
         for i, sink in enumerate(self.preparers):
-            if sampled and id(sink) in self.limited:
+            if sampled and sink.storm_limited:
                 continue
             try:
                 ready = sink.prepare(record)
@@ -643,7 +694,7 @@ class Dispatcher:
         return tuple(out) if out is not None else None
 
     def _run_deferred(self, batch: list[Record | _Job]) -> None:
-        batched: tuple[Any, ...] = ()
+        batched: tuple[SinkHandle, ...] = ()
         if self.batchers and not self._abandoned:
             self._run_batchers(batch)
             batched = self.batchers  # they had the whole batch
@@ -655,9 +706,8 @@ class Dispatcher:
 
     def _run_batchers(self, batch: list[Record | _Job]) -> None:
         """Hand each batching sink the records of ``batch`` meant for it, in one call."""
-        limited = self.limited
         for sink in self.batchers:
-            skip = id(sink) in limited
+            skip = sink.storm_limited
             records = [
                 item.record if isinstance(item, _Job) else item
                 for item in batch
@@ -669,7 +719,7 @@ class Dispatcher:
                 sink.emit_batch(records)
             except Exception as exc:
                 self.sink_failed(sink, exc)
-                self.count_dropped(_name_of(sink), len(records), "error")
+                self.count_dropped(sink.name, len(records), "error")
 
     def _run_deferred_one(self, item: Record | _Job) -> None:
         prepared: tuple[Any, ...] | None = None
@@ -678,16 +728,16 @@ class Dispatcher:
             record = item.record
             prepared = item.prepared
             sampled = item.sampled
-            traces = self.traces
-            if item.span_parent != NO_SPAN and traces is not None:
+            traces, handle = self.traces, self._traces_handle
+            if item.span_parent != NO_SPAN and traces is not None and handle is not None:
                 try:
                     traces.violation_span(record, item.span_parent)
                 except Exception as exc:
-                    self.record_failed(traces, exc)
+                    self.record_failed(handle, exc)
         else:
             record = item
         for sink in self.each:
-            if sampled and id(sink) in self.limited:
+            if sampled and sink.storm_limited:
                 continue
             try:
                 sink.emit(record)
@@ -704,14 +754,14 @@ class Dispatcher:
 
     # -- failures -------------------------------------------------------------------------------
 
-    def sink_failed(self, sink: Sink, exc: BaseException) -> None:
+    def sink_failed(self, sink: SinkHandle, exc: BaseException) -> None:
         """Count and (once per sink) log a sink's failure. Never raises.
 
         The log line names the sink and the exception; DSNs, API keys and tokens that the
         exception's message may quote are redacted.
         """
         try:
-            name = _name_of(sink)
+            name = sink.name
             COUNTERS.error(name)
             self._count("sink_error", name, 1, exclude=sink)
             with self._guard:
@@ -728,10 +778,10 @@ class Dispatcher:
         except Exception:
             pass
 
-    def record_failed(self, sink: Sink, exc: BaseException) -> None:
+    def record_failed(self, sink: SinkHandle, exc: BaseException) -> None:
         """A sink raised on a record: count the error and the record as dropped for it."""
         self.sink_failed(sink, exc)
-        self.count_dropped(_name_of(sink), 1, "error")
+        self.count_dropped(sink.name, 1, "error")
 
     def count_dropped(self, sink_name: str, count: int, reason: str = "error") -> None:
         """Count records a sink or its SDK dropped, in :func:`stats` and in
@@ -742,17 +792,17 @@ class Dispatcher:
         except Exception:
             pass
 
-    def _dropped(self, sinks: Iterable[Any], reason: str) -> None:
+    def _dropped(self, sinks: Iterable[SinkHandle], reason: str) -> None:
         """A record was lost for each of ``sinks``: count it once per sink."""
         for sink in sinks:
-            self.count_dropped(_name_of(sink), 1, reason)
+            self.count_dropped(sink.name, 1, reason)
 
     def _count(
         self,
         kind: str,
         name: str,
         count: int,
-        exclude: Sink | None = None,
+        exclude: SinkHandle | None = None,
         reason: str | None = None,
     ) -> None:
         attributes: dict[str, Any] = {"count": count}
@@ -789,7 +839,7 @@ class Dispatcher:
         ok = True
         if self.worker is not None:
             ok = self.worker.flush(_left(deadline)) and ok
-        calls = [(sink, sink.flush) for sink in self.sinks]
+        calls = [(h, h.sink.flush) for h in self._handles]
         return self._bounded(calls, deadline) and ok
 
     def shutdown(self, timeout: float, keep: Iterable[Sink] = ()) -> bool:
@@ -808,11 +858,13 @@ class Dispatcher:
                 self._abandoned = True
                 for item in worker.abandon():
                     self._dropped(self._sinks_of(item), "shutdown")
-        calls = [(sink, sink.flush if id(sink) in kept else sink.shutdown) for sink in self.sinks]
+        calls = [
+            (h, h.sink.flush if id(h.sink) in kept else h.sink.shutdown) for h in self._handles
+        ]
         return self._bounded(calls, deadline) and ok
 
     def _bounded(
-        self, calls: Sequence[tuple[Sink, Callable[[float], bool]]], deadline: float
+        self, calls: Sequence[tuple[SinkHandle, Callable[[float], bool]]], deadline: float
     ) -> bool:
         """Run each ``fn(timeout)`` in its own daemon thread; wait for all until ``deadline``."""
         pid = os.getpid()
@@ -833,7 +885,7 @@ class Dispatcher:
             thread = threading.Thread(
                 target=self._call,
                 args=(sink, fn, _left(deadline), done, results),
-                name=f"invariantkit-flush-{safe_str(getattr(sink, 'name', 'sink'), 40)}",
+                name=f"invariantkit-flush-{sink.name[:40]}",
                 daemon=True,
             )
             try:
@@ -849,7 +901,7 @@ class Dispatcher:
 
     def _call(
         self,
-        sink: Sink,
+        sink: SinkHandle,
         fn: Callable[[float], bool],
         timeout: float,
         done: threading.Event,

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from invariantkit import _semconv as sc
 from invariantkit._catalog import Catalog, get_catalog
-from invariantkit.sinks._registry import build as build_sink
+from invariantkit.sinks._registry import from_env as sink_from_env
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -1054,49 +1054,17 @@ def _env_sinks(environ: Mapping[str, str]) -> tuple[list[Any], list[Callable[[],
 
     sinks: list[Any] = []
     closers: list[Callable[[], None]] = []
-    endpoint = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or environ.get(
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
-    )
-    if endpoint:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-        provider = TracerProvider(
-            resource=Resource.create(
-                {"service.name": environ.get("OTEL_SERVICE_NAME") or "invariantkit-test-alert"}
-            )
-        )
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-        sinks.append(build_sink("otel_traces", provider=provider))
-        closers.append(provider.shutdown)
     registry = None
-    try:
-        from prometheus_client import CollectorRegistry
-
-        registry = CollectorRegistry()
-        sinks.append(build_sink("prometheus", registry=registry))
-    except ImportError:
-        pass
-    dsn = environ.get("SENTRY_DSN")
-    if dsn:
-        import sentry_sdk
-
-        from invariantkit.sinks._sentry import RECOMMENDED_TRANSPORT_QUEUE_SIZE
-
-        client = sentry_sdk.Client(
-            dsn=dsn,
-            default_integrations=False,
-            environment=environ.get("SENTRY_ENVIRONMENT")
-            or environ.get("INVARIANTKIT_ENVIRONMENT")
-            or "production",
-            transport_queue_size=RECOMMENDED_TRANSPORT_QUEUE_SIZE,
-        )
-        sinks.append(build_sink("sentry", client=client))
-        closers.append(lambda: client.close(timeout=5.0))
-    if environ.get("POSTHOG_PROJECT_API_KEY") or environ.get("POSTHOG_API_KEY"):
-        sinks.append(build_sink("posthog"))
+    for name in ("otel_traces", "prometheus", "sentry", "posthog"):
+        try:
+            built = sink_from_env(name, environ)
+        except ImportError:  # its SDK is not installed (SinkUnavailable included)
+            continue
+        if built is not None:
+            sinks.append(built.sink)
+            closers.append(built.close)
+            if name == "prometheus":
+                registry = built.store
     logger = logging.getLogger("invariantkit.test_alert")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())

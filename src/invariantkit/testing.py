@@ -39,12 +39,13 @@ from invariantkit import _sentry_scope
 from invariantkit._catalog import Invariant, get_catalog
 from invariantkit._config import STATE, Config, Mode, _check_sinks, swap
 from invariantkit._context import CORRELATION, USER
-from invariantkit._dispatch import Dispatcher
+from invariantkit._dispatch import Dispatcher, SinkHandle
 from invariantkit._record import Record
 from invariantkit._safe import NO_SCRUB, Scrubber
 from invariantkit.sinks._base import SinkContext, SinkUnavailable
 from invariantkit.sinks._logs import handle_line
 from invariantkit.sinks._registry import build as build_sink
+from invariantkit.sinks._registry import capture as capture_sink
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import ReadableSpan
@@ -67,6 +68,13 @@ _BACKENDS: dict[str, tuple[str, str, str]] = {
     "metrics": ("prometheus_client", "prometheus-client", "prometheus"),
     "sentry": ("sentry_sdk", "sentry-sdk", "sentry"),
     "posthog": ("posthog", "posthog", "posthog"),
+}
+#: The registry's backend names, to the names ``capture_signals`` switches them by.
+_CAPTURED = {
+    "otel_traces": "traces",
+    "prometheus": "metrics",
+    "sentry": "sentry",
+    "posthog": "posthog",
 }
 
 
@@ -119,8 +127,8 @@ class _CapturingDispatcher(Dispatcher):
         super().__init__(sinks, context=context)
         self._errors = errors
 
-    def sink_failed(self, sink: Sink, exc: BaseException) -> None:
-        name = str(getattr(sink, "name", type(sink).__name__))
+    def sink_failed(self, sink: SinkHandle, exc: BaseException) -> None:
+        name = sink.name
         self._errors.add(SinkError(name, exc, f"sink {name!r} raised {type(exc).__name__}: {exc}"))
         super().sink_failed(sink, exc)
 
@@ -161,25 +169,6 @@ class _TeeLogger(logging.Logger):
                 self.lines.append(dict(fields))
         if self.target.isEnabledFor(record.levelno):
             handle_line(self.target, record)
-
-
-def _keeping_transport() -> Any:
-    from sentry_sdk.transport import Transport
-
-    class KeepingTransport(Transport):
-        """A real Sentry transport that keeps the envelopes the SDK built instead of posting."""
-
-        def __init__(self) -> None:
-            super().__init__(None)
-            self.envelopes: list[Any] = []
-            self.exceptions: dict[str, BaseException] = {}  # event id -> exception reported
-            self._guard = threading.Lock()
-
-        def capture_envelope(self, envelope: Any) -> None:
-            with self._guard:
-                self.envelopes.append(envelope)
-
-    return KeepingTransport()
 
 
 class _Unavailable:
@@ -1195,80 +1184,32 @@ def _open(
         seen.clear()
 
     sinks: list[Any] = []
-    span_exporter = None
-    if "traces" in captured:
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-        from opentelemetry.sdk.trace.sampling import ALWAYS_ON
-
-        span_exporter = InMemorySpanExporter()
-        provider = TracerProvider(
-            sampler=ALWAYS_ON,
-            # Not Resource.create(): no detectors, no OTEL_RESOURCE_ATTRIBUTES; same every run.
-            resource=Resource(
-                {"service.name": service, "deployment.environment.name": environment}
-            ),
-            shutdown_on_exit=False,  # no atexit handler per capture (hypothesis runs hundreds)
+    # Each backend's real SDK with in-memory delivery, built by the sink registry.
+    built = {
+        name: capture_sink(
+            name,
+            service=service,
+            environment=environment,
+            **(dict(sentry_options) if name == "sentry" else {}),
         )
-        provider.add_span_processor(SimpleSpanProcessor(span_exporter))
-        stack.callback(provider.shutdown)
-        sinks.append(build_sink("otel_traces", provider=provider))
-
-    registry = None
-    if "metrics" in captured:
-        from prometheus_client import CollectorRegistry
-
-        registry = CollectorRegistry()
-        sinks.append(build_sink("prometheus", registry=registry))
-
-    sentry_transport = None
-    sentry_client = None
-    if "sentry" in captured:
+        for name in ("otel_traces", "prometheus", "sentry", "posthog")
+        if _CAPTURED[name] in captured
+    }
+    for backend in built.values():
+        stack.callback(backend.close)
+        sinks.append(backend.sink)
+    span_exporter = built["otel_traces"].store if "otel_traces" in built else None
+    registry = built["prometheus"].store if "prometheus" in built else None
+    sentry_transport = sentry_client = None
+    if "sentry" in built:
         import sentry_sdk
 
-        sentry_transport = _keeping_transport()
+        sentry_transport, sentry_client = built["sentry"].store, built["sentry"].client
         stack.enter_context(_sentry_scope.recording(sentry_transport.exceptions))
-        client_options: dict[str, Any] = {
-            "environment": environment,
-            "release": f"{service}@test",  # else the SDK runs `git rev-parse` per client
-            "sample_rate": 1.0,
-            "default_integrations": False,
-            "auto_enabling_integrations": False,
-            **sentry_options,
-        }
-        client_options["dsn"] = "http://public@127.0.0.1:9/1"  # never used: the transport keeps
-        client_options["transport"] = sentry_transport
-        sentry_client = sentry_sdk.Client(**client_options)
-        stack.callback(sentry_client.close, timeout=0)
         global_scope = sentry_sdk.get_global_scope()
         stack.callback(global_scope.set_client, global_scope.client)
         global_scope.set_client(sentry_client)  # for threads the code under test starts
-        sinks.append(build_sink("sentry"))
-
-    posthog_messages: list[dict[str, Any]] | None = None
-    if "posthog" in captured:
-        import posthog as posthog_sdk
-
-        posthog_messages = []
-        kept = posthog_messages
-        guard = threading.Lock()
-
-        def keep(message: dict[str, Any]) -> dict[str, Any]:
-            with guard:
-                kept.append(message)
-            return message
-
-        posthog_client = posthog_sdk.Posthog(
-            "phc_invariantkit_test",
-            host="http://127.0.0.1:9",
-            send=False,
-            before_send=keep,
-            disable_geoip=True,
-        )
-        stack.callback(posthog_client.shutdown)
-        sinks.append(build_sink("posthog", client=posthog_client))
+    posthog_messages = built["posthog"].store if "posthog" in built else None
 
     logs = _TeeLogger(logging.getLogger(_LOGGER))
     sinks.append(build_sink("json_logs", logger=logs))

@@ -70,6 +70,10 @@ class Sink(Protocol):
     - ``shutdown(timeout)``: flush, then release what the sink itself created. Never closes a
       client the user passed in.
 
+    The optional members are looked up once, when a configuration binds the sink, never per
+    record. ``record.attributes`` and ``record.extra`` are already scrubbed and cut: send them
+    as they are.
+
     Every record handed to a sink is accounted for: delivered, or counted in
     ``invariantkit_sink_dropped_total{sink,reason}`` (by invariantkit when the sink raises or a
     queue is full, by the sink through ``context.count_dropped`` when its backend loses it).

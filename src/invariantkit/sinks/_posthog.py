@@ -12,7 +12,6 @@ from invariantkit.sinks._base import Bound, SinkUnavailable
 
 if TYPE_CHECKING:
     from invariantkit._record import Record
-    from invariantkit._safe import Scrubber
 
 __all__ = ["PostHog", "posthog_configured"]
 
@@ -172,7 +171,7 @@ class PostHog(Bound):
                 "outcome": record.status,
                 "duration_ms": round((record.duration or 0.0) * 1000, 3),
             }
-            props.update(_safe_attributes(record.attributes, self._context.scrubber))
+            props.update(record.attributes)  # made safe where the record was made
             if record.exception is not None:
                 props["error_type"] = type(record.exception).__name__
             self._capture(f"{decl.event_prefix}_{record.status}", record, props)  # type: ignore[union-attr]
@@ -218,12 +217,3 @@ def _pending(client: Any) -> bool:
         return any(getattr(q, "unfinished_tasks", 0) for q in queues if q is not None)
     except Exception:
         return False
-
-
-def _safe_attributes(attributes: Any, scrubber: Scrubber) -> dict[str, Any]:
-    """Operation attributes as properties, scrubbed (static ones are declared, not scrubbed)."""
-    if not attributes:
-        return {}
-    from invariantkit._safe import safe_mapping
-
-    return safe_mapping(attributes, scrubber)

@@ -294,7 +294,7 @@ class Sentry(Bound):
                 return
             decl = record.declaration
             tags = {"operation": record.name, "domain": getattr(decl, "domain", "billing")}
-            tags.update(_safe_attributes(record.attributes, self._context.scrubber))
+            tags.update(record.attributes)  # made safe where the record was made
             self._capture_exception(record.exception, self._scope_kwargs(record, tags))
         elif kind == "violation":
             decl = record.declaration
@@ -323,7 +323,7 @@ class Sentry(Bound):
             if record.exception is None:
                 return
             tags = {"operation": record.name, "domain": "billing"}
-            tags.update(_safe_attributes(record.attributes, self._context.scrubber))
+            tags.update(record.attributes)  # made safe where the record was made
             self._capture_exception(record.exception, self._scope_kwargs(record, tags))
         elif kind == "constraint":
             if record.status != "missing":
@@ -369,15 +369,6 @@ class Sentry(Bound):
     def shutdown(self, timeout: float) -> bool:
         # The client belongs to the user: flush it, never close it.
         return self.flush(timeout)
-
-
-def _safe_attributes(attributes: Any, scrubber: Scrubber) -> dict[str, str]:
-    """Operation attributes as Sentry tags, made safe and scrubbed."""
-    if not attributes:
-        return {}
-    from invariantkit._safe import safe_tags
-
-    return safe_tags(attributes, scrubber)
 
 
 def _already_reported(exc: BaseException) -> bool:
