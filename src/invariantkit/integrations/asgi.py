@@ -77,16 +77,19 @@ class InvariantkitMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or ())  # in C; a repeated name keeps the last
-        traceparent = headers.get(b"traceparent")
-        baggage = headers.get(b"baggage")
+        # One pass over the raw headers (ASGI names are lowercase), nothing else decoded: the
+        # first traceparent (only one is valid); every baggage header, as one list (W3C Baggage).
+        traceparent: str | None = None
+        baggage: str | None = None
+        for name, value in scope.get("headers") or ():
+            if name == b"traceparent":
+                if traceparent is None:
+                    traceparent = value.decode("latin-1")
+            elif name == b"baggage":
+                member = value.decode("latin-1")
+                baggage = member if baggage is None else f"{baggage},{member}"
         context = RequestContext()
-        context.enter(
-            traceparent.decode("latin-1") if traceparent is not None else None,
-            baggage.decode("latin-1") if baggage is not None else None,
-            self._user,
-            scope,
-        )
+        context.enter(traceparent, baggage, self._user, scope)
         try:
             await self.app(scope, receive, send)
         finally:
