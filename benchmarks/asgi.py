@@ -13,8 +13,11 @@ order. Reported, as medians over rounds of the per-round ratio:
 posting to a discarding server on 127.0.0.1), so the middleware also forks nothing but sets the
 user and aligns the trace on Sentry's scope.
 
+``--before DIR`` adds a sixth server: the ``user_id(conn)`` variant with ``DIR`` (another
+checkout's ``src/``) first on its path, so a change is measured before and after in one run.
+
 Usage:
-    python benchmarks/asgi.py [--rounds 200] [--batch 20] [--sentry] [--profile]
+    python benchmarks/asgi.py [--rounds 200] [--batch 40] [--sentry] [--profile] [--before DIR]
 
 Exit code 0 when the overhead bar (<= 5%, DESIGN.md section 4) is met on server CPU.
 """
@@ -66,7 +69,7 @@ def build_app(variant: str) -> Any:
     if variant.startswith("ik"):
         from invariantkit.integrations.asgi import InvariantkitMiddleware
 
-        if variant == "ik":
+        if variant in ("ik", "ik_before"):
             app.add_middleware(InvariantkitMiddleware, user_id=lambda c: c.headers.get("x-user"))
         else:
             app.add_middleware(InvariantkitMiddleware)
@@ -125,14 +128,17 @@ def serve(variant: str, sentry_dsn: str | None, profile: str | None) -> None:
 
 
 class Server:
-    def __init__(self, variant: str, sentry_dsn: str | None, profile: str | None) -> None:
+    def __init__(
+        self, variant: str, sentry_dsn: str | None, profile: str | None, path: str | None = None
+    ) -> None:
         args = [sys.executable, __file__, "--serve", variant]
+        env = {**os.environ, "PYTHONPATH": path} if path else None
         if sentry_dsn:
             args += ["--sentry-dsn", sentry_dsn]
         if profile:
             args += ["--profile-to", profile]
         self.variant = variant
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env)
         assert self.proc.stdout is not None
         self.port = int(self.proc.stdout.readline())
         deadline = time.monotonic() + 15
@@ -182,16 +188,19 @@ class Server:
             self.proc.wait(5)
 
 
-def paired(a: list[float], b: list[float]) -> float:
-    return statistics.median(x / y for x, y in zip(a, b, strict=True) if y > 0)
+def paired(a: list[float], b: list[float]) -> list[float]:
+    """The per-round ratios of ``a`` to ``b``."""
+    return [x / y for x, y in zip(a, b, strict=True) if y > 0]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--batch", type=int, default=40)
+    parser.add_argument("--blocks", type=int, default=4, help="fresh servers for each block")
     parser.add_argument("--sentry", action="store_true")
     parser.add_argument("--profile", action="store_true", help="cProfile both servers")
+    parser.add_argument("--before", metavar="DIR", help="also serve user_id(conn) from DIR")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--sentry-dsn", help=argparse.SUPPRESS)
     parser.add_argument("--profile-to", help=argparse.SUPPRESS)
@@ -213,44 +222,77 @@ def main() -> int:
         dsn = f"http://public@127.0.0.1:{int(discard.stdout.readline())}/1"
     profiles = {v: f"/tmp/ik-asgi-{v}.prof" for v in ("bare", "ik")} if args.profile else {}
     # A second bare server is the control: its ratio to the first is the noise floor.
-    variants = ("bare", "ik", "ik_baggage", "manual", "control")
-    servers = [Server(v, dsn, profiles.get(v)) for v in variants]
+    variants = ["bare", "ik", "ik_baggage", "manual", "control"]
+    if args.before:
+        variants.append("ik_before")
+    wall: dict[str, list[float]] = {v: [] for v in variants}  # per request, every round
+    cpu: dict[str, list[float]] = {v: [] for v in variants}
+    wall_ratios: dict[str, list[float]] = {v: [] for v in variants}  # to bare, every round
+    cpu_ratios: dict[str, list[float]] = {v: [] for v in variants}
+    block_ratios: dict[str, list[float]] = {v: [] for v in variants}  # median, every block
+    rng = random.Random(7)
     try:
-        for server in servers:  # warm up
-            for _ in range(200):
-                server.get()
-        rng = random.Random(7)
-        for _ in range(args.rounds):
-            order = servers[:]
-            rng.shuffle(order)
-            for server in order:
-                server.batch(args.batch)
+        for _ in range(args.blocks):
+            # Fresh processes each block: a process's own speed (its memory layout, its hash
+            # seed) differs from another's by a few percent, for the whole of its life.
+            servers = [
+                Server(v, dsn, profiles.get(v), args.before if v == "ik_before" else None)
+                for v in variants
+            ]
+            try:
+                for server in servers:  # warm up
+                    for _ in range(200):
+                        server.get()
+                for _ in range(args.rounds // args.blocks):
+                    order = servers[:]
+                    rng.shuffle(order)
+                    for server in order:
+                        server.batch(args.batch)
+            finally:
+                for server in servers:
+                    server.stop()
+            bare = servers[0]
+            for server in servers:
+                wall[server.variant] += server.wall
+                cpu[server.variant] += server.cpu
+                wall_ratios[server.variant] += paired(server.wall, bare.wall)
+                block = paired(server.cpu, bare.cpu)
+                cpu_ratios[server.variant] += block
+                block_ratios[server.variant].append(statistics.median(block))
     finally:
-        for server in servers:
-            server.stop()
         if discard is not None:
             discard.communicate(timeout=10)
-    bare = servers[0]
     us = 1e6
     label = "with Sentry (default integrations, tracing)" if args.sentry else "no Sentry"
     print(f"ASGI middleware, FastAPI under uvicorn, {label}; {os.cpu_count()} CPUs")
-    print(f"{args.rounds} rounds x {args.batch} requests per server, shuffled, side by side")
-    print("ratios: median over rounds of the per-round ratio to the bare app")
-    print(f"{'server':34}{'wall/request':>14}{'ratio':>8}{'server CPU/request':>20}{'ratio':>8}")
+    print(
+        f"{args.blocks} blocks (fresh server processes) x {args.rounds // args.blocks} rounds x "
+        f"{args.batch} requests per server, shuffled, side by side"
+    )
+    print("ratios: median over rounds of the per-round ratio to the bare app; CPU: also the")
+    print("interquartile range of those per-round ratios and the median of each block")
+    print(
+        f"{'server':34}{'wall/request':>14}{'ratio':>8}{'server CPU/request':>20}{'ratio':>8}"
+        f"{'IQR':>14}  per block"
+    )
     names = {
         "bare": "bare FastAPI",
         "ik": "middleware, user_id(conn)",
         "ik_baggage": "middleware, user from baggage",
         "manual": "ik.extract+identify in the handler",
         "control": "bare FastAPI again (noise floor)",
+        "ik_before": "user_id(conn), --before source",
     }
     ratios = {}
-    for server in servers:
-        wall_ratio, cpu_ratio = paired(server.wall, bare.wall), paired(server.cpu, bare.cpu)
-        ratios[server.variant] = cpu_ratio
+    for variant in variants:
+        cpu_ratio = ratios[variant] = statistics.median(cpu_ratios[variant])
+        low, _, high = statistics.quantiles(cpu_ratios[variant], n=4)
+        blocks = " ".join(f"{r:.3f}" for r in block_ratios[variant])
         print(
-            f"{names[server.variant]:34}{statistics.median(server.wall) * us:>12.1f}us"
-            f"{wall_ratio:>8.3f}{statistics.median(server.cpu) * us:>18.1f}us{cpu_ratio:>8.3f}"
+            f"{names[variant]:34}{statistics.median(wall[variant]) * us:>12.1f}us"
+            f"{statistics.median(wall_ratios[variant]):>8.3f}"
+            f"{statistics.median(cpu[variant]) * us:>18.1f}us{cpu_ratio:>8.3f}"
+            f"{low:>8.3f}-{high:.3f}  {blocks}"
         )
     cpu_ratio = ratios["ik"]
     met = cpu_ratio <= BAR

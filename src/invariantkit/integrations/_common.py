@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import logging
 import re
+import sys
 import time
 from collections.abc import Callable
 from types import ModuleType
@@ -95,14 +96,12 @@ class RequestContext:
     avoids OpenTelemetry's generic propagators where it can (``benchmarks/asgi.py``).
     """
 
-    __slots__ = ("_corr_token", "_in_request", "_otel_token", "_sentry", "_user_token")
-
-    def __init__(self) -> None:
-        self._in_request: Any = None
-        self._corr_token: Any = None
-        self._otel_token: Any = None
-        self._user_token: Any = None
-        self._sentry: Any = None
+    # No __init__: one is made per request, and what enter() leaves unset stays None.
+    _in_request: Any = None
+    _corr_token: Any = None
+    _otel_token: Any = None
+    _user_token: Any = None
+    _sentry: Any = None
 
     def enter(
         self,
@@ -114,17 +113,19 @@ class RequestContext:
         """Continue ``traceparent``/``baggage`` and bind the user ``user(request)`` returns (else
         the one in ``baggage``, else none). Never raises."""
         try:
-            sdk = _sentry_scope.active_sdk()
+            sdk = _sentry_scope.active_sdk() if "sentry_sdk" in sys.modules else None
             if sdk is not None:
                 self._sentry = _sentry_scope.isolation(sdk)
                 self._sentry.__enter__()
                 self._in_request = _sentry_scope.IN_REQUEST.set(True)
             ctx = otel_context.get_current()
-            span: Any = trace.get_current_span(ctx)
-            span_ctx = span.get_span_context()
+            span: Any = None
+            if ctx is not _EMPTY_CONTEXT:  # else no span is current: no lookups
+                span = trace.get_current_span(ctx)
             remote = None
-            if span_ctx.is_valid:  # OpenTelemetry's instrumentation continued the trace
-                trace_id = span_ctx.trace_id
+            if span is not None and span.get_span_context().is_valid:
+                # OpenTelemetry's instrumentation continued the trace
+                trace_id = span.get_span_context().trace_id
             else:
                 span = None
                 parsed = _parse_traceparent(traceparent)

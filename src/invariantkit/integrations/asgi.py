@@ -62,16 +62,11 @@ class InvariantkitMiddleware:
             )
         self.app = app
         self.user_id = user_id
-        self._user: Callable[[Scope], object] | None = None
+        self._connection: Callable[[Scope], HTTPConnection] | None = None
         if user_id is not None:
-            connection = require(
+            self._connection = require(
                 "starlette.requests", "fastapi", "invariantkit.integrations.asgi(user_id=...)"
             ).HTTPConnection
-
-            def user(scope: Scope) -> object:
-                return user_id(connection(scope))
-
-            self._user = user
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -89,7 +84,10 @@ class InvariantkitMiddleware:
                 member = value.decode("latin-1")
                 baggage = member if baggage is None else f"{baggage},{member}"
         context = RequestContext()
-        context.enter(traceparent, baggage, self._user, scope)
+        if self._connection is None:
+            context.enter(traceparent, baggage)
+        else:  # starlette parses the headers of the connection only when user_id reads them
+            context.enter(traceparent, baggage, self.user_id, self._connection(scope))
         try:
             await self.app(scope, receive, send)
         finally:
