@@ -30,10 +30,13 @@ import http.client
 import os
 import pstats
 import random
+import re
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -53,9 +56,20 @@ def build_app(variant: str) -> Any:
     """``bare`` and ``control``: FastAPI alone; ``ik``: with the middleware and a ``user_id``
     reading a header through Starlette's ``HTTPConnection``; ``ik_baggage``: the middleware
     alone (the user comes from ``baggage``); ``manual``: no middleware, the handler calls
-    ``ik.extract()`` and ``ik.identify()`` itself (what the middleware replaces)."""
+    ``ik.extract()`` and ``ik.identify()`` itself (what the middleware replaces); ``noop``: a
+    pure ASGI middleware that only awaits the app (what any middleware costs)."""
 
     app = FastAPI()
+    if variant == "noop":
+
+        class Noop:
+            def __init__(self, app: Any) -> None:
+                self.app = app
+
+            async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+                await self.app(scope, receive, send)
+
+        app.add_middleware(Noop)
     if variant == "manual":
         import invariantkit as ik
 
@@ -129,10 +143,21 @@ def serve(variant: str, sentry_dsn: str | None, profile: str | None) -> None:
 
 class Server:
     def __init__(
-        self, variant: str, sentry_dsn: str | None, profile: str | None, path: str | None = None
+        self,
+        variant: str,
+        sentry_dsn: str | None,
+        profile: str | None,
+        path: str | None = None,
+        callgrind: str | None = None,
     ) -> None:
         args = [sys.executable, __file__, "--serve", variant]
         env = {**os.environ, "PYTHONPATH": path} if path else None
+        self.callgrind = callgrind and f"{callgrind}/{variant}"
+        if self.callgrind:
+            # One hash seed for every server: dict layouts (and so counts) alike.
+            env = {**(env or os.environ), "PYTHONHASHSEED": "0"}
+            args = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={self.callgrind}.%p"]
+            args += [sys.executable, __file__, "--serve", variant]
         if sentry_dsn:
             args += ["--sentry-dsn", sentry_dsn]
         if profile:
@@ -141,10 +166,12 @@ class Server:
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env=env)
         assert self.proc.stdout is not None
         self.port = int(self.proc.stdout.readline())
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + (300 if callgrind else 15)
         while True:
             try:
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+                self.conn = http.client.HTTPConnection(
+                    "127.0.0.1", self.port, timeout=120 if callgrind else 10
+                )
                 self.conn.connect()
                 # Without it, Nagle and delayed ACKs add 40 ms to every request.
                 self.conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -176,6 +203,26 @@ class Server:
         self.wall.append(wall / n)
         self.cpu.append((self.cpu_seconds() - cpu0) / n)
 
+    def instructions(self, n: int) -> int:
+        """The instructions the server runs for ``n`` requests: callgrind's count, zeroed after a
+        warm-up and dumped after the last response."""
+        for _ in range(100):
+            self.get()
+        pid = str(self.proc.pid)
+        subprocess.run(["callgrind_control", "-z", pid], check=True, capture_output=True)
+        for _ in range(n):
+            self.get()
+        subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)
+        dump = Path(f"{self.callgrind}.{pid}.1")
+        deadline = time.monotonic() + 60
+        while not re.search(r"^totals: \d+", dump.read_text() if dump.exists() else "", re.M):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no callgrind dump in {dump}")
+            time.sleep(0.5)
+        found = re.search(r"^totals: (\d+)", dump.read_text(), re.M)
+        assert found is not None
+        return int(found.group(1))
+
     def stop(self) -> None:
         self.conn.request("GET", "/_dump")  # writes the profile, if any
         self.conn.getresponse().read()
@@ -193,6 +240,54 @@ def paired(a: list[float], b: list[float]) -> list[float]:
     return [x / y for x, y in zip(a, b, strict=True) if y > 0]
 
 
+NAMES = {
+    "bare": "bare FastAPI",
+    "ik": "middleware, user_id(conn)",
+    "ik_baggage": "middleware, user from baggage",
+    "noop": "a middleware doing nothing",
+    "manual": "ik.extract+identify in the handler",
+    "control": "bare FastAPI again (noise floor)",
+    "ik_before": "user_id(conn), --before source",
+}
+
+
+def count_instructions(n: int, before: str | None, dsn: str | None) -> int:
+    """Every variant under callgrind at once (counts do not depend on the machine's load): the
+    instructions per request and their ratio to the bare app's."""
+    variants = ["bare", "ik", "ik_baggage", "noop", "manual", "control"]
+    if before:
+        variants.append("ik_before")
+    counts: dict[str, int] = {}
+    with tempfile.TemporaryDirectory() as out:
+
+        def run(variant: str) -> None:
+            path = before if variant == "ik_before" else None
+            server = Server(variant, dsn, None, path, callgrind=out)
+            try:
+                counts[variant] = server.instructions(n)
+            finally:
+                server.stop()
+
+        threads = [threading.Thread(target=run, args=(v,)) for v in variants]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    missing = [v for v in variants if v not in counts]
+    if missing:
+        print(f"no count for {missing}", file=sys.stderr)
+        return 2
+    print(f"ASGI middleware, FastAPI under uvicorn: instructions per request ({n} requests, ")
+    print("callgrind, after 100 to warm up), every server process, side by side")
+    print(f"{'server':34}{'instructions/request':>22}{'ratio':>8}")
+    for variant in variants:
+        ratio = counts[variant] / counts["bare"]
+        print(f"{NAMES[variant]:34}{counts[variant] / n:>22,.0f}{ratio:>8.4f}")
+    met = counts["ik"] / counts["bare"] <= BAR
+    print(f"bar: instructions ratio <= {BAR}: {'met' if met else 'NOT met'}")
+    return 0 if met else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=200)
@@ -201,6 +296,12 @@ def main() -> int:
     parser.add_argument("--sentry", action="store_true")
     parser.add_argument("--profile", action="store_true", help="cProfile both servers")
     parser.add_argument("--before", metavar="DIR", help="also serve user_id(conn) from DIR")
+    parser.add_argument(
+        "--instructions",
+        type=int,
+        metavar="N",
+        help="count the instructions of N requests per server under valgrind (callgrind)",
+    )
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--sentry-dsn", help=argparse.SUPPRESS)
     parser.add_argument("--profile-to", help=argparse.SUPPRESS)
@@ -220,9 +321,11 @@ def main() -> int:
         )
         assert discard.stdout is not None
         dsn = f"http://public@127.0.0.1:{int(discard.stdout.readline())}/1"
+    if args.instructions:
+        return count_instructions(args.instructions, args.before, dsn)
     profiles = {v: f"/tmp/ik-asgi-{v}.prof" for v in ("bare", "ik")} if args.profile else {}
     # A second bare server is the control: its ratio to the first is the noise floor.
-    variants = ["bare", "ik", "ik_baggage", "manual", "control"]
+    variants = ["bare", "ik", "ik_baggage", "noop", "manual", "control"]
     if args.before:
         variants.append("ik_before")
     wall: dict[str, list[float]] = {v: [] for v in variants}  # per request, every round
@@ -275,21 +378,13 @@ def main() -> int:
         f"{'server':34}{'wall/request':>14}{'ratio':>8}{'server CPU/request':>20}{'ratio':>8}"
         f"{'IQR':>14}  per block"
     )
-    names = {
-        "bare": "bare FastAPI",
-        "ik": "middleware, user_id(conn)",
-        "ik_baggage": "middleware, user from baggage",
-        "manual": "ik.extract+identify in the handler",
-        "control": "bare FastAPI again (noise floor)",
-        "ik_before": "user_id(conn), --before source",
-    }
     ratios = {}
     for variant in variants:
         cpu_ratio = ratios[variant] = statistics.median(cpu_ratios[variant])
         low, _, high = statistics.quantiles(cpu_ratios[variant], n=4)
         blocks = " ".join(f"{r:.3f}" for r in block_ratios[variant])
         print(
-            f"{names[variant]:34}{statistics.median(wall[variant]) * us:>12.1f}us"
+            f"{NAMES[variant]:34}{statistics.median(wall[variant]) * us:>12.1f}us"
             f"{statistics.median(wall_ratios[variant]):>8.3f}"
             f"{statistics.median(cpu[variant]) * us:>18.1f}us{cpu_ratio:>8.3f}"
             f"{low:>8.3f}-{high:.3f}  {blocks}"

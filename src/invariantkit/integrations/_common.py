@@ -220,7 +220,8 @@ def _request_user(
             user_id = None
         if user_id is not None:
             try:
-                text = check_user_id(user_id)
+                # (A str needs no type check: straight to identify()'s PII handling.)
+                text = user_id_text(user_id) if type(user_id) is str else check_user_id(user_id)
             except (TypeError, ValueError) as exc:
                 logger.warning("invariantkit: ignoring the user id of the request: %s", exc)
             else:

@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from invariantkit.integrations._common import RequestContext, require
@@ -23,6 +24,7 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+_NAME = itemgetter(0)
 
 
 class InvariantkitMiddleware:
@@ -72,17 +74,21 @@ class InvariantkitMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        # One pass over the raw headers (ASGI names are lowercase), nothing else decoded: the
-        # first traceparent (only one is valid); every baggage header, as one list (W3C Baggage).
-        traceparent: str | None = None
-        baggage: str | None = None
-        for name, value in scope.get("headers") or ():
-            if name == b"traceparent":
-                if traceparent is None:
-                    traceparent = value.decode("latin-1")
-            elif name == b"baggage":
-                member = value.decode("latin-1")
-                baggage = member if baggage is None else f"{baggage},{member}"
+        # The two headers found in C (a list of the names, searched): no Python loop over every
+        # header. Only one traceparent is valid, the first (as ik.extract() takes it); several
+        # baggage headers are one list (W3C Baggage).
+        headers = scope.get("headers") or ()
+        if type(headers) is not list:
+            headers = list(headers)
+        names = list(map(_NAME, headers))
+        traceparent = baggage = None
+        if b"traceparent" in names:
+            traceparent = headers[names.index(b"traceparent")][1].decode("latin-1")
+        if b"baggage" in names:
+            if names.count(b"baggage") == 1:
+                baggage = headers[names.index(b"baggage")][1].decode("latin-1")
+            else:
+                baggage = ",".join(v.decode("latin-1") for n, v in headers if n == b"baggage")
         context = RequestContext()
         if self._connection is None:
             context.enter(traceparent, baggage)
