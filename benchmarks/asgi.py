@@ -1,25 +1,37 @@
 """The ASGI middleware's per-request overhead, beside a bare FastAPI app, both served by uvicorn.
 
-Two uvicorn processes on 127.0.0.1 serve the same FastAPI app (one async handler returning a
-small JSON body), one with ``InvariantkitMiddleware`` (``user_id`` from a header), one without.
+Uvicorn processes on 127.0.0.1 serve the same FastAPI app (one async handler returning a small
+JSON body): bare, with ``InvariantkitMiddleware`` (``user_id`` from a header: the bar), with the
+middleware alone (user from ``baggage``), with a middleware that does nothing, with the handler
+calling ``ik.extract()``/``ik.identify()`` itself, and bare again (the control: the noise floor).
 The client sends the same requests (``traceparent``, ``baggage`` and a user header) over one
 keep-alive connection to each; every round runs one batch against each server in a shuffled
-order. Reported, as medians over rounds of the per-round ratio:
+order, and each of ``--blocks`` blocks starts fresh processes (a process's own speed differs
+from another's by a few percent for its whole life). Reported, as medians over rounds of the
+per-round ratio to the bare server:
 
 - wall time per request, as the client sees it;
-- server CPU per request (the server process's user+system time over the batch, every thread).
+- server CPU per request (the server process's user+system time over the batch, every thread),
+  with the interquartile range of the per-round ratios and the median of each block.
 
-``--sentry`` runs both servers with ``sentry_sdk.init`` (default integrations, tracing on,
-posting to a discarding server on 127.0.0.1), so the middleware also forks nothing but sets the
-user and aligns the trace on Sentry's scope.
+``--instructions N`` instead counts, under valgrind's callgrind, the instructions each server
+process runs for N requests (after 100 to warm up; every server at once, one hash seed): a
+count that the machine's load does not move, where CPU time on a shared machine moves by 10%
+from round to round. It does not see cache misses, which cold code pays more of.
 
-``--before DIR`` adds a sixth server: the ``user_id(conn)`` variant with ``DIR`` (another
-checkout's ``src/``) first on its path, so a change is measured before and after in one run.
+``--sentry`` runs every server with ``sentry_sdk.init`` (default integrations, tracing on,
+posting to a discarding server on 127.0.0.1), so the middleware also forks Sentry's isolation
+scope, sets the user and aligns the trace on it.
+
+``--before DIR`` adds a server: the ``user_id(conn)`` variant with ``DIR`` (another checkout's
+``src/``) first on its path, so a change is measured before and after in one run.
 
 Usage:
-    python benchmarks/asgi.py [--rounds 200] [--batch 40] [--sentry] [--profile] [--before DIR]
+    python benchmarks/asgi.py [--rounds 200] [--batch 40] [--blocks 4] [--sentry] [--profile]
+                              [--before DIR] [--instructions N]
 
-Exit code 0 when the overhead bar (<= 5%, DESIGN.md section 4) is met on server CPU.
+Exit code 0 when the overhead bar (<= 5%, DESIGN.md section 4) is met on server CPU (or on
+instructions, with ``--instructions``).
 """
 
 from __future__ import annotations
@@ -156,7 +168,12 @@ class Server:
         if self.callgrind:
             # One hash seed for every server: dict layouts (and so counts) alike.
             env = {**(env or os.environ), "PYTHONHASHSEED": "0"}
-            args = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={self.callgrind}.%p"]
+            args = [
+                "valgrind",
+                "-q",
+                "--tool=callgrind",
+                f"--callgrind-out-file={self.callgrind}.%p",
+            ]
             args += [sys.executable, __file__, "--serve", variant]
         if sentry_dsn:
             args += ["--sentry-dsn", sentry_dsn]
