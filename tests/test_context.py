@@ -11,13 +11,14 @@ import threading
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from opentelemetry import trace
 
 import invariantkit as ik
 from invariantkit import billing
 from invariantkit._context import CORRELATION, USER
+from invariantkit._safe import REDACTED
 from invariantkit.testing import Signals, capture_signals
 
 HEX32 = re.compile(r"[0-9a-f]{32}\Z")
@@ -421,6 +422,12 @@ _PII_IDS = [
 ]
 
 
+#: Digits (ASCII, Arabic-Indic, mathematical; a superscript is no decimal) and what else ids,
+#: e-mail addresses, card and phone numbers are made of.
+_ID_PARTS = ("4", "2", "0", "\u0663", "\U0001d7d8", "\u00b2", " ", "-", "(", ")", "+", "@")
+_ID_PARTS += ("a", "_", "x.io", REDACTED)
+
+
 class TestPseudonyms:
     @pytest.mark.parametrize("pii", _PII_IDS)
     def test_pii_shaped_ids_leave_as_one_pseudonym_in_every_sink(
@@ -470,3 +477,27 @@ class TestPseudonyms:
         from invariantkit._context import user_id_text
 
         assert user_id_text(plain) == plain
+
+    @settings(max_examples=1000)
+    @given(
+        st.one_of(
+            st.text(max_size=80),
+            st.lists(
+                st.sampled_from(_ID_PARTS),
+                max_size=24,
+            ).map("".join),
+            st.from_regex(r"[+(]?[0-9\u0663 ().-]{4,20}", fullmatch=True),  # phone-like
+        )
+    )
+    @example("+123 4567")
+    @example("user_42")
+    @example(f"{REDACTED}42")
+    @example("\u0663" * 7)
+    @example("\u00b2" * 13)
+    @example("+1 415 555 0100")
+    def test_the_fast_path_decides_as_the_patterns_do(self, text: str) -> None:
+        """What identify() decides without the patterns (an id with few digits and no "@") is
+        what the patterns decide: PII-shaped ids are still pseudonymised."""
+        from invariantkit._context import _pii_form, _pii_form_general
+
+        assert _pii_form(text) == _pii_form_general(text)

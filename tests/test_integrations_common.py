@@ -89,13 +89,56 @@ def test_opentelemetrys_own_server_span_wins_over_the_header() -> None:
         server_trace = format(span.get_span_context().trace_id, "032x")
     assert seen == {"trace_id": server_trace, "user": "u1"}
     assert server_trace != TRACE_ID
+    assert span.attributes is not None
+    assert span.attributes["enduser.id"] == "u1"  # as identify() sets it
+
+
+def test_every_baggage_header_counts_and_the_first_traceparent_wins() -> None:
+    """Several ``baggage`` headers form one list (W3C Baggage); only one ``traceparent`` is
+    valid, the first, as ``ik.extract()`` takes it."""
+    seen: dict[str, Any] = {}
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        seen.update(trace_id=ik.correlation_id(), user=USER.get(), next_hop=ik.inject({}))
+
+    scope = {
+        "type": "http",
+        "headers": [
+            (b"baggage", b"user_id=u1"),
+            (b"traceparent", TRACEPARENT.encode()),
+            (b"traceparent", f"00-{'1' * 32}-00f067aa0ba902b7-01".encode()),
+            (b"baggage", b"tenant=acme"),
+        ],
+    }
+    asyncio.run(InvariantkitMiddleware(app)(scope, None, None))  # type: ignore[arg-type]
+    assert seen["trace_id"] == TRACE_ID
+    assert seen["user"] == "u1"
+    assert "tenant=acme" in seen["next_hop"]["baggage"]
+
+
+@pytest.mark.parametrize(
+    "baggage", ["user_id=alice%40example.com", "t=1,user_id=alice%40example.com"]
+)
+def test_a_pii_shaped_user_in_baggage_is_pseudonymised_as_by_extract(baggage: str) -> None:
+    """The user from ``baggage`` gets identify()'s PII handling, as with ``ik.extract()``."""
+    context = RequestContext()
+    context.enter(TRACEPARENT, baggage)
+    try:
+        bound = USER.get()
+    finally:
+        context.leave()
+    with ik.extract({"baggage": baggage}):
+        assert bound == USER.get()
+    assert bound is not None
+    assert bound.startswith("pseudonym:")
 
 
 def test_a_raising_user_function_or_a_bad_user_id_leaves_the_request_anonymous(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Bad input at request time is logged, never raised into the request."""
-    for bad in (lambda r: 1 / 0, lambda r: ["not", "an", "id"]):
+    # (An over-long id is no longer refused: identify() cuts it, tests/test_context.py.)
+    for bad in (lambda r: 1 / 0, lambda r: ["not", "an", "id"], lambda r: True):
         context = RequestContext()
         context.enter(TRACEPARENT, "user_id=from_baggage", bad, None)
         try:

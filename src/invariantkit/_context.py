@@ -120,6 +120,7 @@ PSEUDONYM_KEY_ENV = "INVARIANTKIT_PSEUDONYM_KEY"
 _PROCESS_KEY = os.urandom(32)
 _PHONE = re.compile(r"[+(]?\d[\d\s().-]{5,22}\d")
 _PHONE_SEP = re.compile(r"[\s().-]")
+_NON_DIGITS = re.compile(r"\D+")  # \d is str.isdecimal(): what _pii_form_general counts
 
 
 def _check_user_id(user_id: object) -> str | None:
@@ -169,7 +170,20 @@ _CARDS = Scrubber(emails=False, bearer_tokens=False, credentials=False, deny_key
 
 
 def _pii_form(text: str) -> str | None:
-    """The normal form of a PII-shaped id (what its pseudonym is made of), else None."""
+    """The normal form of a PII-shaped id (what its pseudonym is made of), else None.
+
+    It runs on every request an integration serves: an id without "@" and with fewer digits
+    than a phone number (7; a card has 13) is none of them, decided without the patterns.
+    """
+    if "@" not in text and (
+        len(text) > 64 or (len(_NON_DIGITS.sub("", text)) < 7 and REDACTED not in text)
+    ):
+        return None
+    return _pii_form_general(text)
+
+
+def _pii_form_general(text: str) -> str | None:
+    """:func:`_pii_form` by the patterns alone, on every id."""
     if "@" in text and REDACTED in _EMAILS.scrub_text(text[:400]):
         return text.lower()  # an e-mail address
     if len(text) > 64 or not any(c.isdigit() for c in text):

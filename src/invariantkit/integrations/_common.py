@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import logging
 import re
+import sys
 import time
 from collections.abc import Callable
 from types import ModuleType
@@ -22,12 +23,11 @@ from invariantkit._context import (
     BAGGAGE_USER_KEY,
     CORRELATION,
     USER,
-    Binding,
-    identify,
     new_span_id,
     new_trace_id,
     user_id_text,
 )
+from invariantkit._context import _check_user_id as check_user_id
 from invariantkit._context import _decode_user as decode_user
 
 __all__ = ["RequestContext", "require"]
@@ -96,14 +96,12 @@ class RequestContext:
     avoids OpenTelemetry's generic propagators where it can (``benchmarks/asgi.py``).
     """
 
-    __slots__ = ("_corr_token", "_in_request", "_otel_token", "_sentry", "_user_token")
-
-    def __init__(self) -> None:
-        self._in_request: Any = None
-        self._corr_token: Any = None
-        self._otel_token: Any = None
-        self._user_token: Any = None
-        self._sentry: Any = None
+    # No __init__: one is made per request, and what enter() leaves unset stays None.
+    _in_request: Any = None
+    _corr_token: Any = None
+    _otel_token: Any = None
+    _user_token: Any = None
+    _sentry: Any = None
 
     def enter(
         self,
@@ -115,17 +113,21 @@ class RequestContext:
         """Continue ``traceparent``/``baggage`` and bind the user ``user(request)`` returns (else
         the one in ``baggage``, else none). Never raises."""
         try:
-            sdk = _sentry_scope.active_sdk()
+            sdk = _sentry_scope.active_sdk() if "sentry_sdk" in sys.modules else None
             if sdk is not None:
                 self._sentry = _sentry_scope.isolation(sdk)
                 self._sentry.__enter__()
                 self._in_request = _sentry_scope.IN_REQUEST.set(True)
             ctx = otel_context.get_current()
-            span_ctx = trace.get_current_span(ctx).get_span_context()
+            span: Any = None
+            if ctx is not _EMPTY_CONTEXT:  # else no span is current: no lookups
+                span = trace.get_current_span(ctx)
             remote = None
-            if span_ctx.is_valid:  # OpenTelemetry's instrumentation continued the trace
-                trace_id = span_ctx.trace_id
+            if span is not None and span.get_span_context().is_valid:
+                # OpenTelemetry's instrumentation continued the trace
+                trace_id = span.get_span_context().trace_id
             else:
+                span = None
                 parsed = _parse_traceparent(traceparent)
                 if parsed is None:
                     ids = _sentry_scope.current_trace(sdk) if sdk is not None else None
@@ -133,8 +135,8 @@ class RequestContext:
                         parsed = (int(ids[0], 16), int(ids[1], 16), 1)
                     else:
                         parsed = (new_trace_id(), new_span_id(), 1)
-                trace_id, span_id, flags = parsed
-                remote = (trace_id, span_id, flags)
+                trace_id = parsed[0]
+                remote = parsed
             baggage_user = None
             if baggage:
                 if baggage.startswith(_USER_PREFIX) and "," not in baggage and ";" not in baggage:
@@ -154,25 +156,13 @@ class RequestContext:
                     # use without a tracer).
                     self._corr_token = CORRELATION.set(remote[:2])
                 else:
-                    span = trace.NonRecordingSpan(
+                    parent = trace.NonRecordingSpan(
                         trace.SpanContext(remote[0], remote[1], True, _FLAGS[remote[2] & 1])
                     )
-                    ctx = trace.set_span_in_context(span, ctx)
+                    ctx = trace.set_span_in_context(parent, ctx)
             if self._corr_token is None:
                 self._otel_token = otel_context.attach(ctx)
-            user_id: Any = _call_user(user, request) if user is not None else None
-            if user_id is not None:
-                try:
-                    # identify(): the span attribute, Sentry's user and PII handling, as in
-                    # handlers; it validates the id.
-                    self._user_token = identify(user_id)
-                except (TypeError, ValueError) as exc:
-                    logger.warning("invariantkit: ignoring the user id of the request: %s", exc)
-                    user_id = None
-            if user_id is None:
-                # The same PII handling as identify() and extract(): an e-mail in baggage
-                # leaves as its pseudonym.
-                self._user_token = USER.set(user_id_text(baggage_user) if baggage_user else None)
+            self._user_token = USER.set(_request_user(user, request, span, baggage_user))
             if sdk is not None:
                 _sentry_scope.set_user(USER.get())
                 _sentry_scope.align_trace(format(trace_id, "032x"))
@@ -181,40 +171,61 @@ class RequestContext:
 
     def leave(self) -> None:
         """Restore what was bound before :meth:`enter`. Never raises."""
-        user, self._user_token = self._user_token, None
-        otel, self._otel_token = self._otel_token, None
-        corr, self._corr_token = self._corr_token, None
-        in_request, self._in_request = self._in_request, None
-        sentry, self._sentry = self._sentry, None
         # Each reset on its own: one failing (left in another context) must not keep the others.
-        for reset, token in (
-            (_reset_user, user),
-            (otel_context.detach, otel),
-            (CORRELATION.reset, corr),
-            (_sentry_scope.IN_REQUEST.reset, in_request),
-        ):
-            if token is not None:
-                try:
-                    reset(token)
-                except Exception:
-                    pass
-        if sentry is not None:
+        if self._user_token is not None:
+            token, self._user_token = self._user_token, None
+            try:
+                USER.reset(token)
+            except Exception:
+                pass
+        if self._otel_token is not None:
+            token, self._otel_token = self._otel_token, None
+            try:
+                otel_context.detach(token)
+            except Exception:
+                pass
+        if self._corr_token is not None:
+            token, self._corr_token = self._corr_token, None
+            try:
+                CORRELATION.reset(token)
+            except Exception:
+                pass
+        if self._in_request is not None:
+            token, self._in_request = self._in_request, None
+            try:
+                _sentry_scope.IN_REQUEST.reset(token)
+            except Exception:
+                pass
+        if self._sentry is not None:
+            sentry, self._sentry = self._sentry, None
             try:
                 sentry.__exit__(None, None, None)
             except Exception:
                 pass
 
 
-def _reset_user(token: Any) -> None:
-    if isinstance(token, Binding):
-        token.detach()
-    else:
-        USER.reset(token)
-
-
-def _call_user(user: Callable[[Any], object], request: Any) -> object:
-    try:
-        return user(request)
-    except Exception:
-        logger.warning("invariantkit: the user_id callable raised; no user bound", exc_info=True)
-        return None
+def _request_user(
+    user: Callable[[Any], object] | None, request: Any, span: Any, baggage_user: str | None
+) -> str | None:
+    """The user of the request: what ``user(request)`` returns, validated and made safe as
+    ``identify()`` does it (an invalid one is logged and ignored), else the one in ``baggage``
+    (made safe the same way, as ``ik.extract()`` does)."""
+    if user is not None:
+        try:
+            user_id = user(request)
+        except Exception:
+            logger.warning(
+                "invariantkit: the user_id callable raised; no user bound", exc_info=True
+            )
+            user_id = None
+        if user_id is not None:
+            try:
+                # (A str needs no type check: straight to identify()'s PII handling.)
+                text = user_id_text(user_id) if type(user_id) is str else check_user_id(user_id)
+            except (TypeError, ValueError) as exc:
+                logger.warning("invariantkit: ignoring the user id of the request: %s", exc)
+            else:
+                if text is not None and span is not None and span.is_recording():
+                    span.set_attribute("enduser.id", text)  # as identify() does
+                return text
+    return user_id_text(baggage_user) if baggage_user else None

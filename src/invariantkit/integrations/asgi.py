@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, MutableMapping
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 from invariantkit.integrations._common import RequestContext, require
@@ -23,6 +24,7 @@ Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+_NAME = itemgetter(0)
 
 
 class InvariantkitMiddleware:
@@ -62,31 +64,36 @@ class InvariantkitMiddleware:
             )
         self.app = app
         self.user_id = user_id
-        self._user: Callable[[Scope], object] | None = None
+        self._connection: Callable[[Scope], HTTPConnection] | None = None
         if user_id is not None:
-            connection = require(
+            self._connection = require(
                 "starlette.requests", "fastapi", "invariantkit.integrations.asgi(user_id=...)"
             ).HTTPConnection
-
-            def user(scope: Scope) -> object:
-                return user_id(connection(scope))
-
-            self._user = user
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        headers = dict(scope.get("headers") or ())  # in C; a repeated name keeps the last
-        traceparent = headers.get(b"traceparent")
-        baggage = headers.get(b"baggage")
+        # The two headers found in C (a list of the names, searched): no Python loop over every
+        # header. Only one traceparent is valid, the first (as ik.extract() takes it); several
+        # baggage headers are one list (W3C Baggage).
+        headers = scope.get("headers") or ()
+        if type(headers) is not list:
+            headers = list(headers)
+        names = list(map(_NAME, headers))
+        traceparent = baggage = None
+        if b"traceparent" in names:
+            traceparent = headers[names.index(b"traceparent")][1].decode("latin-1")
+        if b"baggage" in names:
+            if names.count(b"baggage") == 1:
+                baggage = headers[names.index(b"baggage")][1].decode("latin-1")
+            else:
+                baggage = ",".join(v.decode("latin-1") for n, v in headers if n == b"baggage")
         context = RequestContext()
-        context.enter(
-            traceparent.decode("latin-1") if traceparent is not None else None,
-            baggage.decode("latin-1") if baggage is not None else None,
-            self._user,
-            scope,
-        )
+        if self._connection is None:
+            context.enter(traceparent, baggage)
+        else:  # starlette parses the headers of the connection only when user_id reads them
+            context.enter(traceparent, baggage, self.user_id, self._connection(scope))
         try:
             await self.app(scope, receive, send)
         finally:
