@@ -7,9 +7,11 @@ import pytest
 import sentry_sdk
 from flask import Flask
 from sentry_sdk.integrations.flask import FlaskIntegration
+from sentry_sdk.integrations.httpx import HttpxIntegration
 
 import invariantkit as ik
 from invariantkit.testing import capture_signals
+from support.frameworks import serve_wsgi, whoami_concurrently
 from test_integrations_wsgi import ProviderDown
 from test_integrations_wsgi import make_app as make_wsgi_app
 
@@ -77,4 +79,26 @@ def test_outside_a_request_the_user_does_not_outlive_its_binding() -> None:
             pass
         sentry_sdk.capture_message("later")
         [event] = signals.sentry_events
+    assert not (event.get("user") or {}).get("id")
+
+
+def test_a_span_left_current_after_concurrent_requests_is_not_a_request() -> None:
+    """Concurrent asyncio tasks share one Sentry scope, and Sentry's httpx integration restores
+    its span in whatever order they end: after ``asyncio.gather()`` of requests outside any
+    transaction, a finished span stays current. ``identify()`` there is still outside a request
+    and leaves the process's scope alone."""
+    with (
+        capture_signals(sentry_options={"integrations": [HttpxIntegration()]}) as signals,
+        sentry_sdk.isolation_scope(),
+    ):
+        with serve_wsgi(make_wsgi_app()) as url:
+            whoami_concurrently(url, 50)
+        left = sentry_sdk.get_current_span()
+        assert left is not None, "Sentry left no span current: the test no longer shows the case"
+        assert left.timestamp is not None  # finished
+        assert left.containing_transaction is None
+        with ik.identify("user_42"):
+            pass
+        sentry_sdk.capture_message("later")
+        [event] = [e for e in signals.sentry_events if e.get("message") == "later"]
     assert not (event.get("user") or {}).get("id")

@@ -31,6 +31,7 @@ __all__ = [
     "drop_duplicate",
     "duplicates",
     "isolation",
+    "live_span",
     "mark_reported",
     "recording",
     "set_user",
@@ -76,7 +77,7 @@ def set_user(user_id: str | None) -> None:
     if sdk is None:
         return
     try:
-        if not IN_REQUEST.get() and sdk.get_current_span() is None:
+        if not IN_REQUEST.get() and live_span(sdk) is None:
             return
         sdk.get_isolation_scope().set_user(None if user_id is None else {"id": user_id})
     except Exception:
@@ -180,11 +181,30 @@ def drop_duplicate(event: Any, hint: Any) -> Any:
     return event
 
 
+def live_span(sdk: Any) -> Any:
+    """Sentry's current span when it is open and belongs to an open transaction (one that
+    Sentry's own framework integration started for this request), else None.
+
+    Not merely ``get_current_span()``: a span can stay current after it finished. Concurrent
+    asyncio tasks share one Sentry scope object, and Sentry's integrations (httpx's, for one)
+    restore ``scope.span`` on exit in whatever order the tasks end, so after
+    ``asyncio.gather()`` of outgoing requests outside any transaction, a finished span with no
+    transaction is left current on the caller's scope: no request. ``sdk``: :func:`active_sdk`.
+    """
+    span = sdk.get_current_span()
+    if span is None or span.timestamp is not None:
+        return None
+    transaction = span.containing_transaction
+    if transaction is None or transaction.timestamp is not None:
+        return None
+    return span
+
+
 def current_trace(sdk: Any) -> tuple[str, str] | None:
     """The ``(trace_id, span_id)`` of Sentry's current span (a transaction that Sentry's own
     framework integration started for this request), else None. ``sdk``: :func:`active_sdk`."""
     try:
-        span = sdk.get_current_span()
+        span = live_span(sdk)
         if span is None:
             return None  # the propagation context outside a request may be process-wide
         return str(span.trace_id), str(span.span_id)
@@ -206,7 +226,7 @@ def align_trace(trace_id: str) -> None:
     if sdk is None:
         return
     try:
-        span = sdk.get_current_span()
+        span = live_span(sdk)
         if span is None:
             # No transaction (tracing off): error events take the propagation context's id.
             sdk.continue_trace({"sentry-trace": f"{trace_id}-{sdk_span_id()}"})
@@ -224,7 +244,7 @@ def isolation(sdk: Any) -> Any:
     started a transaction (which forks its own), else a null context: a user set on the scope
     never reaches the next request. ``sdk``: :func:`active_sdk`."""
     try:
-        if sdk.get_current_span() is None:
+        if live_span(sdk) is None:
             return sdk.isolation_scope()
     except Exception:
         pass
