@@ -84,6 +84,9 @@ os.environ.setdefault("LOGFIRE_SEND_TO_LOGFIRE", "false")
 os.environ.setdefault("LOGFIRE_CONSOLE", "false")
 os.environ.setdefault("LOGFIRE_IGNORE_NO_CONFIG", "1")
 
+# The delivery-under-load helpers (support.load) are shared with tests/test_dispatch.py.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
 # ---------------------------------------------------------------------------------- imports
 
 import psutil  # noqa: E402
@@ -105,6 +108,7 @@ from invariantkit._config import STATE, Config, swap  # noqa: E402
 from invariantkit._config import _keep_logs_out_of_sentry as keep_logs_out_of_sentry  # noqa: E402
 from invariantkit._dispatch import Dispatcher  # noqa: E402
 from invariantkit.sinks._prometheus import DURATION_BUCKETS  # noqa: E402
+from support.load import Arrivals, violations_beside_spinners  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 console = Console(width=130)
@@ -295,30 +299,10 @@ def us(seconds: float) -> str:
 # ---------------------------------------------------------------------------- delivery under load
 
 
-class _Arrivals:
-    """A deferred sink that notes how long each violation took to reach the worker's sinks."""
-
-    name = "arrivals"
-    deferred = True
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    def emit(self, record: ik.Record) -> None:
-        if record.kind == "violation":
-            self.delays.append(time.time() - record.timestamp)
-
-    def flush(self, timeout: float) -> bool:
-        return True
-
-    def shutdown(self, timeout: float) -> bool:
-        return True
-
-
 def delivery(seconds: float) -> None:
     """Three CPU-bound threads in the process; violations at a steady 400/s from the main thread
     reach the deferred sinks (JSON logs, then a sink that notes the delay) within a second."""
-    arrivals = _Arrivals()
+    arrivals = Arrivals()
     logger = json_logger("bench.delivery")
     if "sentry_sdk" in sys.modules:
         # An earlier part initialised Sentry, whose logging integration would turn each
@@ -330,30 +314,9 @@ def delivery(seconds: float) -> None:
     setup = make_setup([ik.sinks.JsonLogs(logger), arrivals])
     setup.activate()
     invariant = ik.Invariant("BENCH_DELIVERY", type="bench_delivery", summary="bench")
-    stop = threading.Event()
-
-    def spin() -> None:
-        n = 0
-        while not stop.is_set():
-            n += 1
-
-    spinners = [threading.Thread(target=spin, daemon=True) for _ in range(3)]
-    for t in spinners:
-        t.start()
-    sent = 0
     try:
-        start = time.monotonic()
-        while time.monotonic() - start < seconds:
-            due = int((time.monotonic() - start) * 400)
-            while sent < due:
-                ik.assert_invariant(False, invariant, tags={"seq": str(sent)})
-                sent += 1
-            time.sleep(0.002)
-        time.sleep(1.0)
+        sent = violations_beside_spinners(invariant, seconds)
     finally:
-        stop.set()
-        for t in spinners:
-            t.join(5)
         setup.dispatcher.shutdown(5.0)
         STATE.dispatcher = STATE.config = None
     in_time = sum(1 for d in arrivals.delays if d <= 1.0)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from support.frameworks import sentry_and_sink
 from support.receivers import OTLPReceiver, PostHogReceiver, SentryReceiver, WebhookReceiver
 from support.servers import Alertmanager, Postgres, Prometheus, Pushgateway
 
@@ -21,6 +22,14 @@ if TYPE_CHECKING:
 def sentry_receiver() -> Iterator[SentryReceiver]:
     """A Sentry ingestion endpoint; pass ``sentry_receiver.dsn`` to the SDK."""
     with SentryReceiver() as receiver:
+        yield receiver
+
+
+@pytest.fixture
+def sentry(sentry_receiver: SentryReceiver) -> Iterator[SentryReceiver]:
+    """The real Sentry SDK with its default integrations and invariantkit with its Sentry sink,
+    both posting to ``sentry_receiver`` (the framework integration tests)."""
+    with sentry_and_sink(sentry_receiver) as receiver:
         yield receiver
 
 

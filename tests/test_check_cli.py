@@ -6,15 +6,13 @@ from __future__ import annotations
 import json
 import sqlite3
 import sys
-import textwrap
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from invariantkit.cli import main
+from support.cli import module_writer, run
 
 APP = """
 import invariantkit as ik
@@ -50,17 +48,8 @@ def make_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cal
         monkeypatch.delenv(var, raising=False)
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
     monkeypatch.delenv("PROMETHEUS_PUSHGATEWAY", raising=False)
-    names: list[str] = []
-
-    def make(source: str) -> str:
-        name = f"checks_app_{uuid.uuid4().hex[:10]}"
-        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
-        names.append(name)
-        return name
-
-    yield make
-    for name in names:
-        sys.modules.pop(name, None)
+    with module_writer(tmp_path, "checks_app") as make:
+        yield make
 
 
 @pytest.fixture
@@ -78,12 +67,6 @@ def _insert(dsn: str, rows: list[tuple[Any, ...]]) -> None:
     conn.executemany("INSERT INTO charges VALUES (?, ?, ?)", rows)
     conn.commit()
     conn.close()
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 class TestExitCodes:

@@ -27,23 +27,12 @@ RULES = "invariantkit-rules.yml"
 
 def catalog_with_checks() -> Catalog:
     catalog = with_guarantees()
-    for check in (
-        ik.Check(
-            billing.NO_DOUBLE_CHARGE,
-            name="double_charges",
-            sql="SELECT 1 AS subscription_id",
-            key="subscription_id",
-            every=3600,
-        ),
-        ik.Check(
-            billing.CANCELED_NEVER_CHARGED,
-            name="fast_check",
-            sql="SELECT 1 AS subscription_id",
-            key="subscription_id",
-            every=30,
-        ),
+    sql = "SELECT 1 AS subscription_id"
+    for invariant, name, every in (
+        (billing.NO_DOUBLE_CHARGE, "double_charges", 3600),
+        (billing.CANCELED_NEVER_CHARGED, "fast_check", 30),
     ):
-        catalog.add(check)
+        catalog.add(ik.Check(invariant, name=name, sql=sql, key="subscription_id", every=every))
     return catalog
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from invariantkit.cli import main
+from support.cli import module_writer, run
 from support.servers import run_promtool
 
 COMMANDS = [
@@ -73,31 +73,20 @@ def make_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cal
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
-    names: list[str] = []
+    with module_writer(tmp_path, "app") as write:
 
-    def make(source: str) -> str:
-        get_catalog().restore(({}, {}, {}, {}, {}))
-        if "from invariantkit import billing" in source:
-            for invariant in (
-                billing.NO_DOUBLE_CHARGE,
-                billing.CANCELED_NEVER_CHARGED,
-                billing.PERIOD_MUST_ADVANCE,
-            ):
-                get_catalog().add(invariant)
-        name = f"app_{uuid.uuid4().hex[:10]}"
-        (tmp_path / f"{name}.py").write_text(textwrap.dedent(source))
-        names.append(name)
-        return name
+        def make(source: str) -> str:
+            get_catalog().restore(({}, {}, {}, {}, {}))
+            if "from invariantkit import billing" in source:
+                for invariant in (
+                    billing.NO_DOUBLE_CHARGE,
+                    billing.CANCELED_NEVER_CHARGED,
+                    billing.PERIOD_MUST_ADVANCE,
+                ):
+                    get_catalog().add(invariant)
+            return write(source)
 
-    yield make
-    for name in names:
-        sys.modules.pop(name, None)
-
-
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(list(args))
-    out, err = capsys.readouterr()
-    return code, out, err
+        yield make
 
 
 @pytest.mark.parametrize("command", COMMANDS)

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 import invariantkit as ik
 from invariantkit._dispatch import Dispatcher, Worker
+from support.load import Arrivals, violations_beside_spinners
 
 
 def _record(kind: str = "event", name: str = "e") -> ik.Record:
@@ -327,26 +328,6 @@ def test_operation_starts_go_out_when_a_sink_wants_them() -> None:
         ik.shutdown(2)
 
 
-class Arrivals:
-    """A deferred sink that notes how long each violation took to reach it."""
-
-    name = "arrivals"
-    deferred = True
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    def emit(self, record: ik.Record) -> None:
-        if record.kind == "violation":
-            self.delays.append(time.time() - record.timestamp)
-
-    def flush(self, timeout: float) -> bool:
-        return True
-
-    def shutdown(self, timeout: float) -> bool:
-        return True
-
-
 def test_violations_reach_deferred_sinks_promptly_beside_cpu_bound_threads() -> None:
     """With three CPU-bound threads in the process, violations at 400/s reach a deferred sink
     (beside the real JSON log sink) within a second: the worker yields the GIL once per batch,
@@ -359,30 +340,9 @@ def test_violations_reach_deferred_sinks_promptly_beside_cpu_bound_threads() -> 
     log.setLevel(logging.INFO)
     ik.configure(sinks=[ik.sinks.JsonLogs(log), arrivals])
     invariant = ik.Invariant("ARRIVALS_PROMPT", type="arrivals_prompt", summary="x")
-    stop = threading.Event()
-
-    def spin() -> None:
-        n = 0
-        while not stop.is_set():
-            n += 1
-
-    spinners = [threading.Thread(target=spin, daemon=True) for _ in range(3)]
-    for t in spinners:
-        t.start()
     try:
-        sent = 0
-        start = time.monotonic()
-        while time.monotonic() - start < 2.0:
-            due = int((time.monotonic() - start) * 400)
-            while sent < due:
-                ik.assert_invariant(False, invariant, tags={"seq": str(sent)})
-                sent += 1
-            time.sleep(0.002)
-        time.sleep(1.0)
+        sent = violations_beside_spinners(invariant, 2.0)
     finally:
-        stop.set()
-        for t in spinners:
-            t.join(5)
         ik.shutdown(timeout=2)
     in_time = sum(1 for d in arrivals.delays if d <= 1.0)
     assert sent >= 400

@@ -7,31 +7,23 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 import httpx
-import pytest
 from fastapi import FastAPI, Request
 
 import invariantkit as ik
 from invariantkit._context import USER
 from invariantkit.integrations.asgi import InvariantkitMiddleware
 from support.frameworks import (
+    TRACE_ID,
+    TRACEPARENT,
+    ProviderDown,
     assert_no_leak,
-    one_exception_event,
-    sentry_and_sink,
+    assert_one_failure_reported,
     serve_asgi,
     whoami_concurrently,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from support.receivers import SentryReceiver
-
-TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
-TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
-
-
-class ProviderDown(Exception):
-    pass
 
 
 def make_app() -> Any:
@@ -58,29 +50,13 @@ def make_app() -> Any:
     return app
 
 
-@pytest.fixture
-def sentry(sentry_receiver: SentryReceiver) -> Iterator[SentryReceiver]:
-    with sentry_and_sink(sentry_receiver) as receiver:
-        yield receiver
-
-
 def test_one_failure_is_one_sentry_event_with_the_user_and_one_trace_id(
     sentry: SentryReceiver,
 ) -> None:
     """A failing operation in a handler: our event only (Sentry's Starlette integration's copy is
     dropped), with the user; the framework's transaction carries the same trace id and user."""
     with serve_asgi(make_app()) as url:
-        response = httpx.get(
-            f"{url}/fail", headers={"traceparent": TRACEPARENT, "x-user": "user_42"}, timeout=10
-        )
-        assert response.status_code == 500
-        event = one_exception_event(sentry)
-    assert event["tags"]["operation"] == "charge"
-    assert event["user"]["id"] == "user_42"
-    assert event["contexts"]["trace"]["trace_id"] == TRACE_ID
-    [transaction_event] = sentry.transactions
-    assert transaction_event["contexts"]["trace"]["trace_id"] == TRACE_ID
-    assert transaction_event["user"]["id"] == "user_42"
+        assert_one_failure_reported(sentry, url)
 
 
 def test_no_user_leaks_across_1000_concurrent_requests() -> None:

@@ -12,15 +12,13 @@ from django.conf import settings
 
 import invariantkit as ik
 from invariantkit._context import USER
-from support.frameworks import one_exception_event, sentry_and_sink
+from support.frameworks import TRACE_ID, TRACEPARENT, ProviderDown, one_exception_event
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
     from support.receivers import SentryReceiver
 
-TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
-TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 MIDDLEWARE = [
     f"{__name__}.fake_auth",
     "invariantkit.integrations.django.InvariantkitMiddleware",
@@ -42,10 +40,6 @@ if not settings.configured:
 from django.http import HttpRequest, JsonResponse  # noqa: E402 - needs settings
 from django.test import Client, override_settings  # noqa: E402
 from django.urls import path  # noqa: E402
-
-
-class ProviderDown(Exception):
-    pass
 
 
 def fake_auth(get_response: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -85,12 +79,6 @@ def whoami(request: HttpRequest) -> JsonResponse:
 
 
 urlpatterns = [path("fail", fail), path("whoami", whoami)]
-
-
-@pytest.fixture
-def sentry(sentry_receiver: SentryReceiver) -> Iterator[SentryReceiver]:
-    with sentry_and_sink(sentry_receiver) as receiver:
-        yield receiver
 
 
 def test_one_failure_is_one_sentry_event_with_the_user_and_one_trace_id(

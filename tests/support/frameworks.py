@@ -21,8 +21,12 @@ if TYPE_CHECKING:
     from support.receivers import SentryReceiver
 
 __all__ = [
+    "TRACEPARENT",
+    "TRACE_ID",
+    "ProviderDown",
     "Redis",
     "assert_no_leak",
+    "assert_one_failure_reported",
     "one_exception_event",
     "sentry_and_sink",
     "sentry_with_integrations",
@@ -32,6 +36,12 @@ __all__ = [
 ]
 
 START_TIMEOUT = 15.0
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+
+
+class ProviderDown(Exception):
+    """What the apps' failing ``charge`` operation raises."""
 
 
 def _wait_port(port: int, timeout: float = START_TIMEOUT) -> None:
@@ -44,6 +54,20 @@ def _wait_port(port: int, timeout: float = START_TIMEOUT) -> None:
 
 
 @contextlib.contextmanager
+def _serve_in_thread(name: str, run: Any, stop: Any, port: int) -> Iterator[str]:
+    """``run()`` in a daemon thread until ``stop()``; yields the base URL once ``port`` listens."""
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    try:
+        _wait_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop()
+        thread.join(10.0)
+        assert not thread.is_alive(), f"{name} did not stop"
+
+
+@contextlib.contextmanager
 def serve_asgi(app: Any) -> Iterator[str]:
     """uvicorn serving ``app`` in a thread; yields the base URL."""
     import uvicorn
@@ -53,15 +77,12 @@ def serve_asgi(app: Any) -> Iterator[str]:
         app, host="127.0.0.1", port=port, log_level="warning", lifespan="off", backlog=2048
     )
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    try:
-        _wait_port(port)
-        yield f"http://127.0.0.1:{port}"
-    finally:
+
+    def stop() -> None:
         server.should_exit = True
-        thread.join(10.0)
-        assert not thread.is_alive(), "uvicorn did not stop"
+
+    with _serve_in_thread("uvicorn", server.run, stop, port) as url:
+        yield url
 
 
 @contextlib.contextmanager
@@ -71,15 +92,8 @@ def serve_wsgi(app: Any, threads: int = 8) -> Iterator[str]:
 
     server = create_server(app, host="127.0.0.1", port=0, threads=threads)
     port = server.effective_port  # type: ignore[union-attr]
-    thread = threading.Thread(target=server.run, name="waitress", daemon=True)
-    thread.start()
-    try:
-        _wait_port(port)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.close()
-        thread.join(10.0)
-        assert not thread.is_alive(), "waitress did not stop"
+    with _serve_in_thread("waitress", server.run, server.close, port) as url:
+        yield url
 
 
 class Redis:
@@ -168,6 +182,25 @@ def one_exception_event(receiver: SentryReceiver, *, transaction: bool = True) -
     exceptions = [e for e in receiver.events if "exception" in e]
     assert len(exceptions) == 1, [e["exception"]["values"][-1]["mechanism"] for e in exceptions]
     return exceptions[0]
+
+
+def assert_one_failure_reported(receiver: SentryReceiver, url: str) -> None:
+    """GET ``{url}/fail`` (an app whose ``charge`` operation raises) as ``user_42`` under
+    :data:`TRACEPARENT`: a 500, one exception event (ours) with the operation, the user and the
+    incoming trace id; the framework's one transaction carries the same trace id and user."""
+    import httpx
+
+    response = httpx.get(
+        f"{url}/fail", headers={"traceparent": TRACEPARENT, "x-user": "user_42"}, timeout=10
+    )
+    assert response.status_code == 500
+    event = one_exception_event(receiver)
+    assert event["tags"]["operation"] == "charge"
+    assert event["user"]["id"] == "user_42"
+    assert event["contexts"]["trace"]["trace_id"] == TRACE_ID
+    [transaction] = receiver.transactions
+    assert transaction["contexts"]["trace"]["trace_id"] == TRACE_ID
+    assert transaction["user"]["id"] == "user_42"
 
 
 def whoami_concurrently(url: str, count: int = 1000) -> list[tuple[int, dict[str, Any]]]:
