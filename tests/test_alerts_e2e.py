@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry
 import invariantkit as ik
 from invariantkit import billing
 from invariantkit._catalog import Catalog, IdempotentDecl
-from invariantkit._config import count_dropped
+from invariantkit._dispatch import count_dropped
 from invariantkit._invariant import fire_test_alert
 from invariantkit._lifecycle import (
     register_health,

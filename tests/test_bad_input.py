@@ -229,6 +229,7 @@ def test_identify_accepts_any_str_or_int_id(user: str | int) -> None:
             assert record.user_id == str(user)
         else:
             assert (record.user_id or "").startswith("pseudonym:")
+            assert str(user) not in (record.user_id or "")
 
 
 @_SETTINGS

@@ -281,7 +281,8 @@ class TestSqlite:
 
     def test_sqlalchemy_engine(self, tmp_path: Any) -> None:
         """A SQLAlchemy engine works like its DB-API connection."""
-        sqlalchemy = pytest.importorskip("sqlalchemy")
+        import sqlalchemy
+
         path = tmp_path / "app.db"
         conn = sqlite3.connect(path)
         _schema(conn)
@@ -387,7 +388,8 @@ class TestPostgres:
 
     def test_unreachable_engine_is_an_error_outcome(self) -> None:
         """An engine that cannot connect: every check's outcome is error, nothing raises."""
-        sqlalchemy = pytest.importorskip("sqlalchemy")
+        import sqlalchemy
+
         engine = sqlalchemy.create_engine(
             "postgresql+psycopg://u@127.0.0.1:9/db", connect_args={"connect_timeout": 1}
         )

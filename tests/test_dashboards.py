@@ -274,7 +274,7 @@ def _typecheck(
     """``tsc --noEmit --strict`` on a file assigning each board to Grafana's Dashboard type."""
     node = shutil.which("node")
     if node is None:
-        pytest.skip("node is not installed: scripts/test.sh installs nodejs and npm")
+        pytest.fail("node is not installed: scripts/test.sh installs nodejs and npm")
     tsc = NPM_DIR / "node_modules" / "typescript" / "bin" / "tsc"
     if not tsc.exists() or not (NPM_DIR / "node_modules" / "@grafana" / "schema").exists():
         pytest.fail(

@@ -184,7 +184,7 @@ def test_worker_restarts_in_a_forked_child() -> None:
 def test_count_dropped_reaches_the_metrics_of_the_active_configuration() -> None:
     """``count_dropped`` (what SDK callbacks call) lands in the active configuration's
     ``invariantkit_sink_dropped_total{sink}``, and never raises, even with none active."""
-    from invariantkit._config import count_dropped
+    from invariantkit._dispatch import count_dropped
 
     registry = CollectorRegistry()
     ik.configure(sinks=[ik.sinks.PrometheusMetrics(registry)])

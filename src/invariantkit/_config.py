@@ -18,11 +18,11 @@ from invariantkit._dispatch import (
     Dispatcher,
     set_counting,
 )
-from invariantkit._dispatch import count_dropped as _count_dropped
 from invariantkit._env import check_environment, seconds
 from invariantkit._record import Record
 from invariantkit._safe import NO_SCRUB, Scrubber
 from invariantkit.sinks._base import Sink, SinkContext
+from invariantkit.sinks._registry import auto_sinks as detected_sinks
 
 __all__ = ["Config", "configure", "current_config", "flush", "shutdown"]
 
@@ -101,13 +101,6 @@ def _check_text(name: str, value: object) -> str | None:
     if not value.strip():
         raise ValueError(f"invariantkit.configure({name}=...) must not be empty")
     return value
-
-
-def auto_sinks() -> list[Sink]:
-    """The sinks ``configure(sinks=None)`` detects: each only when its SDK is set up."""
-    from invariantkit.sinks._registry import auto_sinks as detected
-
-    return detected()
 
 
 def _check_sinks(sinks: Iterable[object]) -> tuple[Sink, ...]:
@@ -204,7 +197,7 @@ def configure(
             "invariantkit.configure(max_events_per_minute=...) must be an int >= 1, got "
             f"{max_events_per_minute!r}"
         )
-    resolved_sinks = _check_sinks(sinks) if sinks is not None else tuple(auto_sinks())
+    resolved_sinks = _check_sinks(sinks) if sinks is not None else tuple(detected_sinks())
 
     config = Config(
         service=service or os.environ.get("OTEL_SERVICE_NAME") or "unknown_service",
@@ -380,16 +373,6 @@ def dispatcher() -> Dispatcher:
     return d
 
 
-_DEFAULT_SCRUBBER = Scrubber()
-
-
-def active_scrubber() -> Scrubber:
-    """The scrubber in force, read without ever configuring: safe on worker threads, also while
-    :func:`shutdown` drains them (reading :func:`current_config` there would configure again)."""
-    config = STATE.config or STATE.last_config
-    return config.scrubber if config is not None else _DEFAULT_SCRUBBER
-
-
 def current_config() -> Config:
     """The active :class:`Config` (configuring with defaults on first use)."""
     config = STATE.config
@@ -398,13 +381,6 @@ def current_config() -> Config:
         config = STATE.config
     assert config is not None
     return config
-
-
-def count_dropped(sink_name: str, count: int, reason: str = "error") -> None:
-    """Count signals that a sink's SDK dropped, in :func:`invariantkit.stats` and in
-    ``invariantkit_sink_dropped_total{sink,reason}`` (also while and after :func:`shutdown`
-    drains the SDKs: then in the metrics of the configuration shut down)."""
-    _count_dropped(sink_name, count, reason)
 
 
 def flush(timeout: float = 2.0) -> bool:

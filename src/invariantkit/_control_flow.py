@@ -19,4 +19,4 @@ def register(*types: type[BaseException]) -> None:
 
 def is_control_flow(exc: BaseException | None) -> bool:
     """True for an exception of a registered control-flow type."""
-    return exc is not None and isinstance(exc, _types)
+    return isinstance(exc, _types)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import random
 import sys
 import threading
 from collections.abc import Iterator
@@ -214,8 +215,6 @@ def current_trace(sdk: Any) -> tuple[str, str] | None:
 
 def sdk_span_id() -> str:
     """A random 16-hex span id (the parent span id Sentry's propagation context wants)."""
-    import random
-
     return format(random.getrandbits(64) or 1, "016x")
 
 

@@ -654,7 +654,8 @@ def _check_sampling() -> list[Check]:
 def _configured_backends() -> tuple[list[str], bool]:
     """The backends the application configured (or would auto-detect), and whether it
     configured invariantkit itself."""
-    from invariantkit._config import STATE, auto_sinks
+    from invariantkit._config import STATE
+    from invariantkit.sinks._registry import auto_sinks
 
     config = STATE.config
     if config is not None:

@@ -16,9 +16,9 @@ from urllib.parse import unquote_plus
 from opentelemetry import baggage as otel_baggage
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.baggage.propagation import W3CBaggagePropagator
 
 from invariantkit import _sentry_scope
+from invariantkit._context import _BAGGAGE as BAGGAGE
 from invariantkit._context import (
     BAGGAGE_USER_KEY,
     CORRELATION,
@@ -51,7 +51,6 @@ _TRACEPARENT = re.compile(
 )
 _USER_PREFIX = BAGGAGE_USER_KEY + "="
 _NO_SDK = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
-_EMPTY_CONTEXT = otel_context.get_current()  # the root context: no span, no baggage
 _FLAGS = (trace.TraceFlags(0), trace.TraceFlags(trace.TraceFlags.SAMPLED))
 
 
@@ -120,7 +119,7 @@ class RequestContext:
                 self._in_request = _sentry_scope.IN_REQUEST.set(True)
             ctx = otel_context.get_current()
             span: Any = None
-            if ctx is not _EMPTY_CONTEXT:  # else no span is current: no lookups
+            if ctx:  # an empty context has no span: no lookups
                 span = trace.get_current_span(ctx)
             remote = None
             if span is not None and span.get_span_context().is_valid:
@@ -145,12 +144,12 @@ class RequestContext:
                         raw = unquote_plus(raw).strip()
                     baggage_user = decode_user(raw)
                 else:  # other members too: keep them all in the context, as ik.extract() does
-                    ctx = W3CBaggagePropagator().extract({"baggage": baggage}, context=ctx)
+                    ctx = BAGGAGE.extract({"baggage": baggage}, context=ctx)
                     value = otel_baggage.get_baggage(BAGGAGE_USER_KEY, ctx)
                     if isinstance(value, str):
                         baggage_user = decode_user(value)
             if remote is not None:
-                if ctx is _EMPTY_CONTEXT and _no_tracer_sdk():
+                if not ctx and _no_tracer_sdk():
                     # No OpenTelemetry SDK and nothing else in the context: invariantkit's own
                     # correlation is the whole trace context (one contextvar, what operations
                     # use without a tracer).

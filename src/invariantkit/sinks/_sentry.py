@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from invariantkit._record import Record
     from invariantkit._safe import Scrubber
 
-__all__ = ["RECOMMENDED_TRANSPORT_QUEUE_SIZE", "Sentry", "check_transport_queue", "sentry_active"]
+__all__ = ["RECOMMENDED_TRANSPORT_QUEUE_SIZE", "Sentry", "check_transport_queue"]
 
 LOGGER_NAME = "invariantkit"
 #: ``transport_queue_size`` to pass to ``sentry_sdk.init``: Sentry's default (100) silently loses
@@ -141,17 +141,6 @@ def _exception_scrubber(scrubber: Scrubber) -> Any:
         return event
 
     return process
-
-
-def sentry_active() -> bool:
-    """True when ``sentry_sdk`` is imported and has an active client (``sentry_sdk.init`` ran)."""
-    import sys
-
-    if "sentry_sdk" not in sys.modules:
-        return False
-    import sentry_sdk
-
-    return bool(sentry_sdk.get_client().is_active())
 
 
 class Sentry(Bound):
