@@ -3,6 +3,7 @@ OtelTraces span events, Memory."""
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import logging
@@ -483,6 +484,269 @@ class TestJsonLogs:
         """A logger must be a name or a ``logging.Logger``."""
         with pytest.raises(TypeError, match=r"must be a logger name or a logging\.Logger"):
             ik.sinks.JsonLogs(logger=42)  # type: ignore[arg-type]
+
+
+class _Counting(io.StringIO):
+    """A stream that counts the writes and flushes it receives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+        self.flushes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+    def flush(self) -> None:
+        self.flushes += 1
+
+
+class _Failing(io.StringIO):
+    def write(self, text: str) -> int:
+        raise OSError("disk full")
+
+
+def _operation(i: int, status: str = "success", **kw: Any) -> Record:
+    decl = ik.operation("batched_renewal")
+    values: dict[str, Any] = {
+        "kind": "operation",
+        "name": "batched_renewal",
+        "status": status,
+        "trace_id": f"{i:032x}",
+        "span_id": f"{i:016x}",
+        "user_id": f"user_{i}",
+        "timestamp": 1.7e9 + i,
+        "duration": 0.004,
+        "declaration": decl,
+    }
+    values.update(kw)
+    return Record(**values)
+
+
+def _writer_logger(name: str, stream: io.StringIO, level: int = logging.DEBUG) -> logging.Logger:
+    logger = logging.getLogger(name)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(ik.JsonFormatter())
+    handler.setLevel(level)
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    return logger
+
+
+class TestJsonLogsBatch:
+    """The worker hands the sink a batch: the lines a stream handler would have written one by
+    one, in one write, and every other handler still gets its ``LogRecord``."""
+
+    def test_a_stream_handler_gets_the_batch_in_one_write_and_one_flush(self) -> None:
+        stream = _Counting()
+        logger = _writer_logger("invariantkit.test_batch_one_write", stream)
+        ik.sinks.JsonLogs(logger).emit_batch([_operation(i) for i in range(50)])
+        assert (stream.writes, stream.flushes) == (1, 1)
+        docs = [_strict_loads(line) for line in stream.getvalue().splitlines()]
+        assert [d["trace_id"] for d in docs] == [f"{i:032x}" for i in range(50)]
+        assert docs[7]["user_id"] == "user_7"
+        assert docs[7]["duration_ms"] == 4.0
+        assert docs[7]["operation"] == "batched_renewal"
+
+    def test_the_lines_are_the_bytes_handle_would_have_written(self) -> None:
+        """Byte for byte what the stdlib's handle() writes, line by line (a subclass of
+        StreamHandler takes that path), including a record only the generic path encodes."""
+        records = [
+            _operation(1),
+            _operation(2, attributes={"plan": "pro", "seats": 3}),
+            _operation(3, status="failure", exception=ValueError("declined")),
+            _operation(4, duration=float("nan")),
+            Record(
+                "violation",
+                "NO_DOUBLE_CHARGE",
+                "violated",
+                "ab" * 16,
+                "cd" * 8,
+                None,
+                1e9,
+                attributes={"ratio": float("inf")},
+                declaration=billing.NO_DOUBLE_CHARGE,
+            ),
+            Record("event", "subscription_started", "tracked", "ab" * 16, "cd" * 8, "u1", 1e9),
+        ]
+
+        class OneByOne(logging.StreamHandler):  # type: ignore[type-arg]
+            """Not the stdlib's own class: each line goes through handle()."""
+
+        fast, slow = io.StringIO(), io.StringIO()
+        _writer_logger("invariantkit.test_batch_fast", fast)
+        slow_logger = logging.getLogger("invariantkit.test_batch_slow")
+        handler = OneByOne(slow)
+        handler.setFormatter(ik.JsonFormatter())
+        slow_logger.handlers[:] = [handler]
+        slow_logger.setLevel(logging.DEBUG)
+        slow_logger.propagate = False
+        context = ik.sinks.SinkContext(service="billing-api")
+        for name in ("invariantkit.test_batch_fast", "invariantkit.test_batch_slow"):
+            sink = ik.sinks.JsonLogs(name)
+            sink.bind(context)
+            sink.emit_batch(records)
+        assert fast.getvalue() == slow.getvalue()
+        assert len(fast.getvalue().splitlines()) == len(records)
+        for line in fast.getvalue().splitlines():
+            assert _strict_loads(line)["service"] == "billing-api"
+
+    def test_other_handlers_on_the_way_still_get_a_log_record_each(self) -> None:
+        seen: list[logging.LogRecord] = []
+
+        class Keep(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                seen.append(record)
+
+        parent = logging.getLogger("invariantkit.test_batch_parent")
+        keep = Keep()
+        parent.handlers[:] = [keep]
+        stream = _Counting()
+        child = _writer_logger("invariantkit.test_batch_parent.child", stream)
+        child.propagate = True
+        try:
+            ik.sinks.JsonLogs(child).emit_batch([_operation(i) for i in range(5)])
+        finally:
+            parent.handlers[:] = []
+        assert stream.writes == 1
+        assert [r.invariantkit["trace_id"] for r in seen] == [f"{i:032x}" for i in range(5)]  # type: ignore[attr-defined]
+        assert [json.loads(r.getMessage()) for r in seen] == lines(stream)
+
+    def test_handler_levels_and_filters_still_apply(self) -> None:
+        warnings_only = io.StringIO()
+        logger = _writer_logger("invariantkit.test_batch_levels", warnings_only, logging.WARNING)
+        filtered = io.StringIO()
+        handler = logging.StreamHandler(filtered)
+        handler.setFormatter(ik.JsonFormatter())
+        handler.addFilter(lambda record: "user_3" not in record.getMessage())
+        logger.addHandler(handler)
+        violation = Record(
+            "violation",
+            "NO_DOUBLE_CHARGE",
+            "violated",
+            "ab" * 16,
+            "cd" * 8,
+            "user_9",
+            1e9,
+            declaration=billing.NO_DOUBLE_CHARGE,
+        )
+        ik.sinks.JsonLogs(logger).emit_batch([_operation(i) for i in range(5)] + [violation])
+        assert [d["event"] for d in lines(warnings_only)] == ["invariant.violated"]
+        assert [d["user_id"] for d in lines(filtered)] == [
+            "user_0",
+            "user_1",
+            "user_2",
+            "user_4",
+            "user_9",
+        ]
+
+    def test_a_failing_stream_goes_to_handle_error_and_the_others_still_get_their_lines(
+        self,
+    ) -> None:
+        errors: list[logging.LogRecord] = []
+        logger = _writer_logger("invariantkit.test_batch_failing", _Failing())
+        logger.handlers[0].handleError = errors.append  # type: ignore[method-assign]
+        good = io.StringIO()
+        handler = logging.StreamHandler(good)
+        handler.setFormatter(ik.JsonFormatter())
+        logger.addHandler(handler)
+        ik.sinks.JsonLogs(logger).emit_batch([_operation(i) for i in range(3)])
+        assert len(errors) == 1
+        assert len(lines(good)) == 3
+
+    def test_a_record_that_cannot_be_written_is_counted_and_the_rest_are_written(self) -> None:
+        class BrokenDecl:
+            @property
+            def domain(self) -> str:
+                raise RuntimeError("broken declaration")
+
+        dropped: list[tuple[str, int, str]] = []
+        stream = io.StringIO()
+        sink = ik.sinks.JsonLogs(_writer_logger("invariantkit.test_batch_broken", stream))
+        sink.bind(
+            ik.sinks.SinkContext(count_dropped=lambda *args: dropped.append(args))  # type: ignore[arg-type]
+        )
+        sink.emit_batch([_operation(1), _operation(2, declaration=BrokenDecl()), _operation(3)])
+        assert [d["user_id"] for d in lines(stream)] == ["user_1", "user_3"]
+        assert dropped == [("json_logs", 1, "error")]
+
+    def test_a_success_line_is_written_out_directly(self) -> None:
+        """The common lines take the direct path (else the benchmark's figures are not ours)."""
+        from invariantkit.sinks._logs import _level_and_event, quick_line
+
+        for record in (_operation(1), _operation(2, kind="operation_start", status="started")):
+            level, event = _level_and_event(record)
+            assert quick_line(record, level, event) is not None
+
+    @given(
+        kind=st.sampled_from(["operation", "operation_start", "violation", "event"]),
+        name=st.text(max_size=20),
+        status=st.sampled_from(["success", "failure", "cancelled", "violated", "started"]),
+        user=st.none() | st.text(max_size=20),
+        timestamp=st.floats(min_value=0, max_value=4e9),
+        duration=st.none() | st.floats(),
+        values=st.dictionaries(
+            st.text(max_size=5),
+            st.none() | st.booleans() | st.floats() | st.integers() | st.text(max_size=10),
+            max_size=3,
+        ),
+        test=st.booleans(),
+        declared=st.booleans(),
+        service=st.text(min_size=1, max_size=10),
+    )
+    def test_the_direct_line_is_the_generic_line(
+        self,
+        kind: Any,
+        name: str,
+        status: str,
+        user: str | None,
+        timestamp: float,
+        duration: float | None,
+        values: dict[str, Any],
+        test: bool,
+        declared: bool,
+        service: str,
+    ) -> None:
+        """Whatever the record, the line written out directly is the generic path's, byte for
+        byte, or the direct path declines it."""
+        from invariantkit.sinks._logs import (
+            _level_and_event,
+            encode_line,
+            quick_line,
+            record_fields,
+        )
+
+        decl: Any = None
+        if declared:
+            decl = billing.NO_DOUBLE_CHARGE if kind == "violation" else ik.operation("direct_op")
+        record = Record(
+            kind,
+            name,
+            status,
+            "ab" * 16,
+            "cd" * 8,
+            user,
+            timestamp,
+            duration,
+            attributes=values,
+            extra=values,
+            declaration=decl,
+            test=test,
+        )
+        context = ik.sinks.SinkContext(service=service, environment="staging")
+        level, event = _level_and_event(record)
+        quick = quick_line(record, level, event, context)
+        if quick is not None:
+            assert quick == encode_line(record_fields(record, level, event, context))
+
+    @given(st.floats(min_value=-1e10, max_value=1e10))
+    def test_timestamps_are_datetimes_isoformat(self, created: float) -> None:
+        from invariantkit.sinks._logs import _timestamp
+
+        expected = dt.datetime.fromtimestamp(created, dt.timezone.utc)
+        assert _timestamp(created) == expected.isoformat(timespec="microseconds")
 
 
 # ------------------------------------------------------------------------------ OtelTraces

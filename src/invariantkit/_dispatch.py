@@ -284,7 +284,7 @@ class Worker:
                 self._on_drop(1)
             return False
         self._queue.put(item)
-        if queued >= BATCH_SIZE:
+        if queued >= BATCH_SIZE and not self._wake.is_set():  # one wake-up per batch, not per item
             self._wake.set()
         if not self._running:  # first use, after stop(), after fork()
             self._start()
