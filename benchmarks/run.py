@@ -516,8 +516,11 @@ def success_path(rounds: int) -> dict[str, Variant]:
         interleave(list(variants.values()), rounds)
 
         # CPU of all threads per call, background work included (worker, SDK queues).
-        cpu = cpu_per_call(variants, setups, flush_spans, 3 if rounds < 100 else 7)
+        cpu, reps = cpu_per_call(variants, setups, flush_spans, 5 if rounds < 100 else 9)
         RESULTS["cpu_per_call_us"] = {k: round(v * 1e6, 2) for k, v in cpu.items()}
+        RESULTS["cpu_per_call_reps_us"] = {
+            k: [round(x * 1e6, 2) for x in v] for k, v in reps.items()
+        }
 
         for setup in setups.values():
             setup.dispatcher.shutdown(5.0)
@@ -534,12 +537,17 @@ def cpu_per_call(
     setups: dict[str, Setup],
     flush_spans: Callable[[], None],
     reps: int,
-) -> dict[str, float]:
-    """Process CPU time (all threads) per call over 2,000 calls and the flush that follows."""
+    seed: int = 11,
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Process CPU time (all threads) per call over 2,000 calls and the flush that follows:
+    the median per variant, and each repetition's figures (every variant once per repetition,
+    in a shuffled order, so that ratios can be taken within a repetition)."""
     out: dict[str, list[float]] = {}
     n = 2000
     names = [name for name in variants if name != "bare call"]
+    rng = random.Random(seed)
     for _ in range(reps):
+        rng.shuffle(names)
         for name in names:
             v = variants[name]
             if v.before:
@@ -552,7 +560,17 @@ def cpu_per_call(
                 v.after()
             flush_spans()
             out.setdefault(name, []).append((time.process_time() - start) / n)
-    return {k: statistics.median(v) for k, v in out.items()}
+    return {k: statistics.median(v) for k, v in out.items()}, out
+
+
+def cpu_ratio(name: str, reference: str) -> float | None:
+    """The median, over repetitions, of ``name``'s CPU per call over ``reference``'s in the same
+    repetition (None when either was not measured)."""
+    reps = RESULTS.get("cpu_per_call_reps_us", {})
+    ours, ref = reps.get(name), reps.get(reference)
+    if not ours or not ref:
+        return None
+    return statistics.median(a / b for a, b in zip(ours, ref, strict=True))
 
 
 def report_success(variants: dict[str, Variant]) -> None:
@@ -606,9 +624,9 @@ def report_success(variants: dict[str, Variant]) -> None:
         ("ik all five, user_facing=False", "floor", 2.0),
         ("ik all five, user_facing=True", "floor + posthog.capture", 1.3),
     ):
-        if label not in cpu or not cpu.get(reference):
+        r = cpu_ratio(label, reference)
+        if r is None:
             continue
-        r = cpu[label] / cpu[reference]
         ROWS.append(
             Row(
                 f"whole CPU (all threads), {label.removeprefix('ik ')} / {reference}",
