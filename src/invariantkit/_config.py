@@ -6,7 +6,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -229,13 +229,22 @@ def configure(
     if old is not None:
         old.shutdown(1.0, keep=resolved_sinks)
     _drain_at_exit()
-    if config.test_mode:
-        # Alert test mode: test series at zero now, one labelled test alert per invariant after
-        # ALERT_TEST_DELAY_SECONDS (so Prometheus scrapes the zero first). Never pages anyone.
-        from invariantkit._invariant import start_test_mode
-
-        start_test_mode()
+    for callback in _ON_CONFIGURE:  # alert test mode starts here (see _invariant)
+        callback(config)
     return config
+
+
+#: Called with each configuration once it is active. The layers above configuration subscribe
+#: (``on_configure``) instead of being imported from here: alert test mode (test series at zero
+#: now, one labelled test alert per invariant after ALERT_TEST_DELAY_SECONDS) is started by
+#: ``_invariant`` this way.
+_ON_CONFIGURE: list[Callable[[Config], None]] = []
+
+
+def on_configure(callback: Callable[[Config], None]) -> None:
+    """Call ``callback(config)`` after every ``configure()``, once the configuration is active.
+    An exception it raises reaches the caller of ``configure()`` (a bad setting fails there)."""
+    _ON_CONFIGURE.append(callback)
 
 
 _AT_EXIT: list[bool] = []

@@ -12,7 +12,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 from invariantkit._catalog import Declaration, Invariant, get_catalog
-from invariantkit._config import STATE, current_config, dispatcher
+from invariantkit._config import STATE, Config, current_config, dispatcher, on_configure
 from invariantkit._context import CORRELATION, USER, new_span_id, new_trace_id, sampled_parent
 from invariantkit._dispatch import NO_SPAN
 from invariantkit._record import EMPTY, Record
@@ -415,6 +415,17 @@ def start_test_mode(delay: float | None = None) -> threading.Timer | None:
     timer.daemon = True
     timer.start()
     return timer
+
+
+def _start_if_test_mode(config: Config) -> None:
+    """Alert test mode, once ``configure(test_mode=True)`` made its configuration active: test
+    series at zero now, one labelled test alert per invariant after the delay (so Prometheus
+    scrapes the zero first). Never pages anyone."""
+    if config.test_mode:
+        start_test_mode()
+
+
+on_configure(_start_if_test_mode)
 
 
 def _fire_if_current(generation: int) -> None:
