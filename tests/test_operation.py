@@ -244,6 +244,12 @@ class TestPlainFunction:
             metric("billing_operation_total", operation="shutdown_hook", outcome="cancelled") == 1
         )
         assert metric("billing_operation_total", operation="shutdown_hook", outcome="failure") == 0
+        with pytest.raises(kind):  # a second one counts on the same series
+            stop()
+        ik.flush()
+        assert (
+            metric("billing_operation_total", operation="shutdown_hook", outcome="cancelled") == 2
+        )
         assert (
             metric(
                 "billing_operation_errors_total",

@@ -18,7 +18,7 @@ from invariantkit._dispatch import (
     Dispatcher,
     set_counting,
 )
-from invariantkit._env import check_environment, seconds
+from invariantkit._env import check_environment, flag, seconds
 from invariantkit._record import Record
 from invariantkit._safe import NO_SCRUB, Scrubber
 from invariantkit.sinks._base import Sink, SinkContext
@@ -29,8 +29,6 @@ __all__ = ["Config", "configure", "current_config", "flush", "shutdown"]
 logger = logging.getLogger("invariantkit")
 
 Mode = Literal["report", "enforce"]
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"", "0", "false", "no", "off"})
 
 
 @dataclass(frozen=True)
@@ -79,18 +77,6 @@ class _State:
 
 
 STATE = _State()
-
-
-def _env_flag(name: str) -> bool:
-    value = os.environ.get(name, "").strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ValueError(
-        f"invariantkit.configure(): {name}={os.environ[name]!r} must be true or false "
-        "(1/true/yes/on or 0/false/no/off)"
-    )
 
 
 def _check_text(name: str, value: object) -> str | None:
@@ -179,7 +165,9 @@ def configure(
         )
     if test_mode is not None and not isinstance(test_mode, bool):
         raise TypeError("invariantkit.configure(test_mode=...) must be True, False or None")
-    resolved_test_mode = test_mode if test_mode is not None else _env_flag("ALERT_TEST_MODE")
+    resolved_test_mode = (
+        test_mode if test_mode is not None else flag("ALERT_TEST_MODE", "invariantkit.configure()")
+    )
     if scrub is None or scrub is True:
         scrubber = Scrubber()
     elif scrub is False:

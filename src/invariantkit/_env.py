@@ -9,7 +9,10 @@ from __future__ import annotations
 import math
 import os
 
-__all__ = ["check_environment", "seconds"]
+__all__ = ["check_environment", "flag", "seconds"]
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
 
 
 def seconds(name: str, default: float, *, maximum: float = 3600.0) -> float:
@@ -30,6 +33,24 @@ def seconds(name: str, default: float, *, maximum: float = 3600.0) -> float:
             f"invariantkit: {name}={raw!r} must be a number of seconds from 0 to {maximum:g}"
         )
     return value
+
+
+def flag(name: str, where: str) -> bool:
+    """The boolean in environment variable ``name`` (false when unset or blank).
+
+    Raises:
+        ValueError: not one of 1/true/yes/on or 0/false/no/off (any case); the message names
+            ``where`` (what read it) and ``name``.
+    """
+    value = os.environ.get(name, "").strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(
+        f"{where}: {name}={os.environ[name]!r} must be true or false "
+        "(1/true/yes/on or 0/false/no/off)"
+    )
 
 
 def check_environment() -> None:

@@ -191,7 +191,16 @@ def _redacted(url: str) -> str:
 
 
 class _OpChildren:
-    __slots__ = ("errors", "fail_count", "fail_hist", "label", "ok_count", "ok_hist")
+    __slots__ = (
+        "cancel_count",
+        "cancel_hist",
+        "errors",
+        "fail_count",
+        "fail_hist",
+        "label",
+        "ok_count",
+        "ok_hist",
+    )
 
     def __init__(self, fams: _Families, name: str) -> None:
         self.label = name
@@ -199,6 +208,10 @@ class _OpChildren:
         self.fail_count = fams.operation_total.labels(name, "failure")
         self.ok_hist = fams.operation_duration.labels(name, "success")
         self.fail_hist = fams.operation_duration.labels(name, "failure")
+        # Made at the first cancellation: most operations are never cancelled, and a child at
+        # zero for each would only add series.
+        self.cancel_count: Any = None
+        self.cancel_hist: Any = None
         self.errors: dict[str, Any] = {}
 
 
@@ -374,8 +387,13 @@ class PrometheusMetrics(Bound):
                 ops.ok_hist.observe(duration)
                 return
             if record.status == "cancelled":  # not a failure: no error counter
-                self.families.operation_total.labels(ops.label, "cancelled").inc()
-                self.families.operation_duration.labels(ops.label, "cancelled").observe(duration)
+                if ops.cancel_count is None:
+                    ops.cancel_hist = self.families.operation_duration.labels(
+                        ops.label, "cancelled"
+                    )
+                    ops.cancel_count = self.families.operation_total.labels(ops.label, "cancelled")
+                ops.cancel_count.inc()
+                ops.cancel_hist.observe(duration)
                 return
             ops.fail_count.inc()
             ops.fail_hist.observe(duration)
