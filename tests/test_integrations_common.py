@@ -66,8 +66,11 @@ traceparents = st.one_of(
 @example(f"cc-{TRACE_ID}-00f067aa0ba902b7-01-more")
 @example(f" \t{TRACEPARENT}\n")
 def test_traceparent_parsing_agrees_with_opentelemetrys_propagator(value: str) -> None:
-    """The fast parser accepts exactly what OpenTelemetry's propagator accepts, with the same ids."""
+    """The fast parser accepts exactly what OpenTelemetry's propagator accepts, with the same ids;
+    from the header's bytes (an ASGI scope's) as from its text."""
     assert _parse_traceparent(value) == otel(value)
+    raw = value.encode()
+    assert _parse_traceparent(raw) == otel(raw.decode("latin-1"))
 
 
 def test_opentelemetrys_own_server_span_wins_over_the_header() -> None:

@@ -27,6 +27,17 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 _NAME = itemgetter(0)
 
 
+def _search(headers: list[tuple[bytes, bytes]]) -> tuple[bytes | None, bytes | None]:
+    """The first ``traceparent`` and every ``baggage`` joined, of headers where a name repeats."""
+    names = list(map(_NAME, headers))
+    traceparent = baggage = None
+    if b"traceparent" in names:
+        traceparent = headers[names.index(b"traceparent")][1]
+    if b"baggage" in names:
+        baggage = b",".join([value for name, value in headers if name == b"baggage"])
+    return traceparent, baggage
+
+
 class InvariantkitMiddleware:
     """A pure ASGI middleware: each HTTP or WebSocket connection runs in its own invariantkit
     context, continuing the incoming ``traceparent``/``baggage`` (unless OpenTelemetry's ASGI
@@ -74,21 +85,25 @@ class InvariantkitMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        # The two headers found in C (a list of the names, searched): no Python loop over every
-        # header. Only one traceparent is valid, the first (as ik.extract() takes it); several
-        # baggage headers are one list (W3C Baggage).
-        headers = scope.get("headers") or ()
-        if type(headers) is not list:
-            headers = list(headers)
-        names = list(map(_NAME, headers))
-        traceparent = baggage = None
-        if b"traceparent" in names:
-            traceparent = headers[names.index(b"traceparent")][1].decode("latin-1")
-        if b"baggage" in names:
-            if names.count(b"baggage") == 1:
-                baggage = headers[names.index(b"baggage")][1].decode("latin-1")
+        # The two headers found in C, no Python loop over every header: in a dict of them all
+        # when no name comes twice (nearly always), else in the list of names. Only one
+        # traceparent is valid, the first (as ik.extract() takes it); several baggage headers are
+        # one list (W3C Baggage). The traceparent is parsed from its bytes.
+        traceparent = raw_baggage = baggage = None
+        try:
+            headers = scope.get("headers") or ()
+            if type(headers) is not list:
+                headers = list(headers)
+            found = dict(headers)
+            if len(found) == len(headers):
+                traceparent = found.get(b"traceparent")
+                raw_baggage = found.get(b"baggage")
             else:
-                baggage = ",".join(v.decode("latin-1") for n, v in headers if n == b"baggage")
+                traceparent, raw_baggage = _search(headers)
+            if raw_baggage is not None:
+                baggage = raw_baggage.decode("latin-1")
+        except Exception:  # not the headers ASGI specifies: the app deals with them
+            traceparent = baggage = None
         context = RequestContext()
         if self._connection is None:
             context.enter(traceparent, baggage)
