@@ -167,7 +167,9 @@ class RequestContext:
                     if isinstance(value, str):
                         baggage_user = decode_user(value)
             if remote is not None:
-                if not ctx and _no_tracer_sdk():
+                if not ctx and (  # _no_tracer_sdk(), its answer of the last second inline
+                    _sdk_absent if _monotonic() - _sdk_checked_at <= 1.0 else _no_tracer_sdk()
+                ):
                     # No OpenTelemetry SDK and nothing else in the context: invariantkit's own
                     # correlation is the whole trace context (one contextvar, what operations
                     # use without a tracer).
