@@ -57,6 +57,7 @@ _HEX_DIGIT: dict[str | bytes, int] = {
     key: int(digit, 16) for digit in "0123456789abcdef" for key in (digit, digit.encode())
 }
 _USER_PREFIX = BAGGAGE_USER_KEY + "="
+_USER_PREFIX_LENGTH = len(_USER_PREFIX)
 _NO_SDK = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 _FLAGS = (trace.TraceFlags(0), trace.TraceFlags(trace.TraceFlags.SAMPLED))
 _monotonic = time.monotonic
@@ -139,52 +140,50 @@ class RequestContext:
                 self._sentry.__enter__()
                 self._in_request = _sentry_scope.IN_REQUEST.set(True)
             ctx = otel_context.get_current()
-            span: Any = None
-            if ctx:  # an empty context has no span: no lookups
-                span = trace.get_current_span(ctx)
-            remote = None
+            # An empty context has no span: no lookups.
+            span: Any = trace.get_current_span(ctx) if ctx else None
             if span is not None and span.get_span_context().is_valid:
-                # OpenTelemetry's instrumentation continued the trace
-                trace_id = span.get_span_context().trace_id
+                remote = None  # OpenTelemetry's instrumentation continued the trace
             else:
                 span = None
-                parsed = _parse_traceparent(traceparent)
-                if parsed is None:
+                remote = _parse_traceparent(traceparent)
+                if remote is None:
                     ids = _sentry_scope.current_trace(sdk) if sdk is not None else None
                     if ids is not None:
-                        parsed = (int(ids[0], 16), int(ids[1], 16), 1)
+                        remote = (int(ids[0], 16), int(ids[1], 16), 1)
                     else:
-                        parsed = (new_trace_id(), new_span_id(), 1)
-                trace_id = parsed[0]
-                remote = parsed
+                        remote = (new_trace_id(), new_span_id(), 1)
             baggage_user = plain_user = None
             if baggage:
                 if baggage.startswith(_USER_PREFIX) and "," not in baggage and ";" not in baggage:
-                    plain_user = baggage[len(_USER_PREFIX) :]  # decoded only if it is needed
+                    plain_user = baggage[_USER_PREFIX_LENGTH:]  # decoded only if it is needed
                 else:  # other members too: keep them all in the context, as ik.extract() does
                     ctx = BAGGAGE.extract({"baggage": baggage}, context=ctx)
                     value = otel_baggage.get_baggage(BAGGAGE_USER_KEY, ctx)
                     if isinstance(value, str):
                         baggage_user = decode_user(value)
-            if remote is not None:
-                if not ctx and (  # _no_tracer_sdk(), its answer of the last second inline
-                    _sdk_absent if _monotonic() - _sdk_checked_at <= 1.0 else _no_tracer_sdk()
-                ):
-                    # No OpenTelemetry SDK and nothing else in the context: invariantkit's own
-                    # correlation is the whole trace context (one contextvar, what operations
-                    # use without a tracer).
-                    self._corr_token = CORRELATION.set(remote[:2])
-                else:
+            if (
+                remote is not None
+                and not ctx
+                # _no_tracer_sdk(), its answer of the last second read inline
+                and (_sdk_absent if _monotonic() - _sdk_checked_at <= 1.0 else _no_tracer_sdk())
+            ):
+                # No OpenTelemetry SDK and nothing else in the context: invariantkit's own
+                # correlation is the whole trace context (one contextvar, what operations use
+                # without a tracer).
+                self._corr_token = CORRELATION.set(remote[:2])
+            else:
+                if remote is not None:
                     parent = trace.NonRecordingSpan(
                         trace.SpanContext(remote[0], remote[1], True, _FLAGS[remote[2] & 1])
                     )
                     ctx = trace.set_span_in_context(parent, ctx)
-            if self._corr_token is None:
                 self._otel_token = otel_context.attach(ctx)
             self._user_token = USER.set(
                 _request_user(user, request, span, baggage_user, plain_user)
             )
             if sdk is not None:
+                trace_id = remote[0] if remote is not None else span.get_span_context().trace_id
                 _sentry_scope.set_user(USER.get())
                 _sentry_scope.align_trace(format(trace_id, "032x"))
         except Exception:
