@@ -136,7 +136,8 @@ class RequestContext:
         try:
             sdk = _sentry_scope.active_sdk() if "sentry_sdk" in sys.modules else None
             if sdk is not None:
-                self._sentry = _sentry_scope.isolation(sdk)
+                sentry_span = _sentry_scope.request_span(sdk)  # looked up once, passed on
+                self._sentry = _sentry_scope.isolation(sdk, sentry_span)
                 self._sentry.__enter__()
                 self._in_request = _sentry_scope.IN_REQUEST.set(True)
             ctx = otel_context.get_current()
@@ -148,7 +149,9 @@ class RequestContext:
                 span = None
                 remote = _parse_traceparent(traceparent)
                 if remote is None:
-                    ids = _sentry_scope.current_trace(sdk) if sdk is not None else None
+                    ids = None
+                    if sdk is not None:
+                        ids = _sentry_scope.current_trace(sdk, sentry_span)
                     if ids is not None:
                         remote = (int(ids[0], 16), int(ids[1], 16), 1)
                     else:
@@ -184,8 +187,8 @@ class RequestContext:
             )
             if sdk is not None:
                 trace_id = remote[0] if remote is not None else span.get_span_context().trace_id
-                _sentry_scope.set_user(USER.get())
-                _sentry_scope.align_trace(format(trace_id, "032x"))
+                _sentry_scope.set_user(USER.get(), sdk)
+                _sentry_scope.align_trace(format(trace_id, "032x"), sdk, sentry_span)
         except Exception:
             logger.warning("invariantkit: could not bind the request's context", exc_info=True)
 
