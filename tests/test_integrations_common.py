@@ -66,8 +66,11 @@ traceparents = st.one_of(
 @example(f"cc-{TRACE_ID}-00f067aa0ba902b7-01-more")
 @example(f" \t{TRACEPARENT}\n")
 def test_traceparent_parsing_agrees_with_opentelemetrys_propagator(value: str) -> None:
-    """The fast parser accepts exactly what OpenTelemetry's propagator accepts, with the same ids."""
+    """The fast parser accepts exactly what OpenTelemetry's propagator accepts, with the same ids;
+    from the header's bytes (an ASGI scope's) as from its text."""
     assert _parse_traceparent(value) == otel(value)
+    raw = value.encode()
+    assert _parse_traceparent(raw) == otel(raw.decode("latin-1"))
 
 
 def test_opentelemetrys_own_server_span_wins_over_the_header() -> None:
@@ -211,3 +214,71 @@ def test_a_missing_framework_names_the_extra(monkeypatch: pytest.MonkeyPatch) ->
 def test_user_id_must_be_callable() -> None:
     with pytest.raises(TypeError, match="user_id"):
         InvariantkitMiddleware(lambda s, r, se: None, user_id="x-user")  # type: ignore[arg-type]
+
+
+def _connection_of(scope: dict[str, Any]) -> Any:
+    """The connection the middleware gives ``user_id`` for ``scope``."""
+    given: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        pass
+
+    def user_id(conn: Any) -> Any:
+        given.append(conn)
+        return conn.headers.get("x-user")
+
+    middleware = InvariantkitMiddleware(app, user_id=user_id)
+    asyncio.run(middleware(scope, None, None))  # type: ignore[arg-type]
+    assert len(given) == 1
+    return given[0]
+
+
+def _scope() -> dict[str, Any]:
+    return {
+        "type": "http",
+        "method": "GET",
+        "scheme": "http",
+        "server": ("127.0.0.1", 8000),
+        "root_path": "",
+        "path": "/renewal",
+        "raw_path": b"/renewal",
+        "query_string": b"plan=pro",
+        "headers": [
+            (b"host", b"127.0.0.1:8000"),
+            (b"x-user", b"u1"),
+            (b"x-user", b"u2"),
+            (b"cookie", b"session=s1"),
+        ],
+    }
+
+
+def test_user_id_gets_the_connection_starlette_would_build() -> None:
+    """``user_id`` is given a real ``HTTPConnection`` of the scope, in the state Starlette's own
+    constructor leaves it once ``.headers`` was read: everything reads the same."""
+    from starlette.requests import HTTPConnection
+
+    scope = _scope()
+    conn = _connection_of(scope)
+    own = HTTPConnection(scope)
+    assert type(conn) is HTTPConnection
+    assert conn.scope is scope
+    assert conn.headers.getlist("x-user") == ["u1", "u2"] == own.headers.getlist("x-user")
+    assert conn.headers.raw == own.headers.raw
+    assert conn.url == own.url
+    assert conn.cookies == own.cookies == {"session": "s1"}
+    assert conn.query_params == own.query_params
+    assert vars(conn).keys() == vars(own).keys()
+
+
+def test_a_starlette_that_keeps_other_state_gets_its_own_constructor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When ``HTTPConnection`` does not keep its headers as this one does, the middleware makes
+    the connection with Starlette's own constructor: still the right user."""
+    from starlette.datastructures import Headers
+    from starlette.requests import HTTPConnection
+
+    monkeypatch.setattr(HTTPConnection, "headers", property(lambda self: Headers(scope=self.scope)))
+    conn = _connection_of(_scope())
+    assert "_headers" not in vars(conn)
+    assert conn.headers.get("x-user") == "u1"

@@ -35,6 +35,7 @@ __all__ = [
     "live_span",
     "mark_reported",
     "recording",
+    "request_span",
     "set_user",
     "was_reported",
 ]
@@ -50,6 +51,8 @@ _REPORTED_LOCK = threading.Lock()
 _installed = False
 #: Under ``capture_signals()``: event id -> the exception each outgoing Sentry event reports.
 _recording: dict[str, BaseException] | None = None
+#: "Not given": look Sentry's live span up (a request's integration passes the one it found).
+_LOOK_UP: Any = object()
 
 
 def active_sdk() -> Any:
@@ -63,7 +66,7 @@ def active_sdk() -> Any:
         return None
 
 
-def set_user(user_id: str | None) -> None:
+def set_user(user_id: str | None, sdk: Any = None) -> None:
     """Set (or, for None, clear) the user of Sentry's current isolation scope, inside a request or
     task: one an integration of ours entered, or one Sentry's own integration made a transaction
     for. Each has its own isolation scope, which ends with it.
@@ -72,11 +75,12 @@ def set_user(user_id: str | None) -> None:
     Sentry sees is the one every other signal carries. Outside a request (a script, a cron run)
     the isolation scope is the process's: a user set there would outlive ``with identify()`` and
     reach later events, so it is left alone (invariantkit's own events carry the user anyway).
-    Never raises.
+    ``sdk``: :func:`active_sdk`, when the caller has it. Never raises.
     """
-    sdk = active_sdk()
     if sdk is None:
-        return
+        sdk = active_sdk()
+        if sdk is None:
+            return
     try:
         if not IN_REQUEST.get() and live_span(sdk) is None:
             return
@@ -201,11 +205,13 @@ def live_span(sdk: Any) -> Any:
     return span
 
 
-def current_trace(sdk: Any) -> tuple[str, str] | None:
+def current_trace(sdk: Any, span: Any = _LOOK_UP) -> tuple[str, str] | None:
     """The ``(trace_id, span_id)`` of Sentry's current span (a transaction that Sentry's own
-    framework integration started for this request), else None. ``sdk``: :func:`active_sdk`."""
+    framework integration started for this request), else None. ``sdk``: :func:`active_sdk`;
+    ``span``: :func:`request_span`, when the caller has it."""
     try:
-        span = live_span(sdk)
+        if span is _LOOK_UP:
+            span = live_span(sdk)
         if span is None:
             return None  # the propagation context outside a request may be process-wide
         return str(span.trace_id), str(span.span_id)
@@ -218,14 +224,17 @@ def sdk_span_id() -> str:
     return format(random.getrandbits(64) or 1, "016x")
 
 
-def align_trace(trace_id: str) -> None:
+def align_trace(trace_id: str, sdk: Any = None, span: Any = _LOOK_UP) -> None:
     """Give Sentry's current transaction (and its open spans' future children) ``trace_id``: the
-    framework's transaction and error events then share the correlation id of our own events."""
-    sdk = active_sdk()
+    framework's transaction and error events then share the correlation id of our own events.
+    ``sdk`` (:func:`active_sdk`) and ``span`` (:func:`request_span`): when the caller has them."""
     if sdk is None:
-        return
+        sdk = active_sdk()
+        if sdk is None:
+            return
     try:
-        span = live_span(sdk)
+        if span is _LOOK_UP:
+            span = live_span(sdk)
         if span is None:
             # No transaction (tracing off): error events take the propagation context's id.
             sdk.continue_trace({"sentry-trace": f"{trace_id}-{sdk_span_id()}"})
@@ -238,13 +247,24 @@ def align_trace(trace_id: str) -> None:
         pass
 
 
-def isolation(sdk: Any) -> Any:
+def isolation(sdk: Any, span: Any = _LOOK_UP) -> Any:
     """A fresh Sentry isolation scope for one request or task when no Sentry integration has
     started a transaction (which forks its own), else a null context: a user set on the scope
-    never reaches the next request. ``sdk``: :func:`active_sdk`."""
+    never reaches the next request. ``sdk``: :func:`active_sdk`; ``span``: :func:`request_span`,
+    when the caller has it."""
     try:
-        if live_span(sdk) is None:
+        if (live_span(sdk) if span is _LOOK_UP else span) is None:
             return sdk.isolation_scope()
     except Exception:
         pass
     return contextlib.nullcontext()
+
+
+def request_span(sdk: Any) -> Any:
+    """:func:`live_span`, looked up once for a request's :func:`isolation`,
+    :func:`current_trace` and :func:`align_trace` (a fork of the scope keeps its span); when it
+    cannot be read, ``_LOOK_UP``: each of them then looks (and fails) on its own. Never raises."""
+    try:
+        return live_span(sdk)
+    except Exception:
+        return _LOOK_UP

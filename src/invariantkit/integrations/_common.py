@@ -49,16 +49,38 @@ def require(module: str, extra: str, what: str) -> ModuleType:
 _TRACEPARENT = re.compile(
     r"^[ \t]*([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(?:(-.*)|[ \t]*)$"
 )
+# What nearly every request sends (version 00, no padding, only the low flag bits), matched first
+# with fewer groups; in the text of a header, or in its bytes (an ASGI scope's, not decoded).
+_CANONICAL = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-0([0-9a-f])")
+_CANONICAL_BYTES = re.compile(rb"00-([0-9a-f]{32})-([0-9a-f]{16})-0([0-9a-f])")
+_HEX_DIGIT: dict[str | bytes, int] = {
+    key: int(digit, 16) for digit in "0123456789abcdef" for key in (digit, digit.encode())
+}
 _USER_PREFIX = BAGGAGE_USER_KEY + "="
+_USER_PREFIX_LENGTH = len(_USER_PREFIX)
 _NO_SDK = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
 _FLAGS = (trace.TraceFlags(0), trace.TraceFlags(trace.TraceFlags.SAMPLED))
+_monotonic = time.monotonic
 
 
-def _parse_traceparent(value: str | None) -> tuple[int, int, int] | None:
-    """``(trace_id, span_id, flags)`` of a valid W3C ``traceparent``, else None. (The same rules
-    as OpenTelemetry's propagator, at a fraction of its cost on every request.)"""
+def _parse_traceparent(value: str | bytes | None) -> tuple[int, int, int] | None:
+    """``(trace_id, span_id, flags)`` of a valid W3C ``traceparent`` (text, or the header's bytes
+    as in an ASGI scope), else None. (The same rules as OpenTelemetry's propagator, at a fraction
+    of its cost on every request.)"""
     if not value or len(value) > 512:
         return None
+    if isinstance(value, bytes):
+        canonical: re.Match[Any] | None = _CANONICAL_BYTES.fullmatch(value)
+    else:
+        canonical = _CANONICAL.fullmatch(value)
+    if canonical is not None:
+        trace_hex, span_hex, flag = canonical.groups()
+        trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
+        if not trace_id or not span_id:
+            return None
+        return trace_id, span_id, _HEX_DIGIT[flag]
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
     match = _TRACEPARENT.match(value)
     if match is None:
         return None
@@ -75,7 +97,7 @@ def _no_tracer_sdk() -> bool:
     """True while no OpenTelemetry SDK tracer provider is set; rechecked at most once a second
     (the check reads ``os.environ``, a measurable share of a request's cost)."""
     global _sdk_checked_at, _sdk_absent
-    now = time.monotonic()
+    now = _monotonic()
     if now - _sdk_checked_at > 1.0:
         _sdk_checked_at = now
         _sdk_absent = isinstance(trace.get_tracer_provider(), _NO_SDK)
@@ -104,67 +126,69 @@ class RequestContext:
 
     def enter(
         self,
-        traceparent: str | None,
+        traceparent: str | bytes | None,
         baggage: str | None,
         user: Callable[[Any], object] | None = None,
         request: Any = None,
     ) -> None:
-        """Continue ``traceparent``/``baggage`` and bind the user ``user(request)`` returns (else
-        the one in ``baggage``, else none). Never raises."""
+        """Continue ``traceparent`` (text, or the header's bytes) and ``baggage``, and bind the
+        user ``user(request)`` returns (else the one in ``baggage``, else none). Never raises."""
         try:
             sdk = _sentry_scope.active_sdk() if "sentry_sdk" in sys.modules else None
             if sdk is not None:
-                self._sentry = _sentry_scope.isolation(sdk)
+                sentry_span = _sentry_scope.request_span(sdk)  # looked up once, passed on
+                self._sentry = _sentry_scope.isolation(sdk, sentry_span)
                 self._sentry.__enter__()
                 self._in_request = _sentry_scope.IN_REQUEST.set(True)
             ctx = otel_context.get_current()
-            span: Any = None
-            if ctx:  # an empty context has no span: no lookups
-                span = trace.get_current_span(ctx)
-            remote = None
+            # An empty context has no span: no lookups.
+            span: Any = trace.get_current_span(ctx) if ctx else None
             if span is not None and span.get_span_context().is_valid:
-                # OpenTelemetry's instrumentation continued the trace
-                trace_id = span.get_span_context().trace_id
+                remote = None  # OpenTelemetry's instrumentation continued the trace
             else:
                 span = None
-                parsed = _parse_traceparent(traceparent)
-                if parsed is None:
-                    ids = _sentry_scope.current_trace(sdk) if sdk is not None else None
+                remote = _parse_traceparent(traceparent)
+                if remote is None:
+                    ids = None
+                    if sdk is not None:
+                        ids = _sentry_scope.current_trace(sdk, sentry_span)
                     if ids is not None:
-                        parsed = (int(ids[0], 16), int(ids[1], 16), 1)
+                        remote = (int(ids[0], 16), int(ids[1], 16), 1)
                     else:
-                        parsed = (new_trace_id(), new_span_id(), 1)
-                trace_id = parsed[0]
-                remote = parsed
-            baggage_user = None
+                        remote = (new_trace_id(), new_span_id(), 1)
+            baggage_user = plain_user = None
             if baggage:
                 if baggage.startswith(_USER_PREFIX) and "," not in baggage and ";" not in baggage:
-                    raw = baggage[len(_USER_PREFIX) :]
-                    if "%" in raw or "+" in raw or raw != raw.strip():
-                        raw = unquote_plus(raw).strip()
-                    baggage_user = decode_user(raw)
+                    plain_user = baggage[_USER_PREFIX_LENGTH:]  # decoded only if it is needed
                 else:  # other members too: keep them all in the context, as ik.extract() does
                     ctx = BAGGAGE.extract({"baggage": baggage}, context=ctx)
                     value = otel_baggage.get_baggage(BAGGAGE_USER_KEY, ctx)
                     if isinstance(value, str):
                         baggage_user = decode_user(value)
-            if remote is not None:
-                if not ctx and _no_tracer_sdk():
-                    # No OpenTelemetry SDK and nothing else in the context: invariantkit's own
-                    # correlation is the whole trace context (one contextvar, what operations
-                    # use without a tracer).
-                    self._corr_token = CORRELATION.set(remote[:2])
-                else:
+            if (
+                remote is not None
+                and not ctx
+                # _no_tracer_sdk(), its answer of the last second read inline
+                and (_sdk_absent if _monotonic() - _sdk_checked_at <= 1.0 else _no_tracer_sdk())
+            ):
+                # No OpenTelemetry SDK and nothing else in the context: invariantkit's own
+                # correlation is the whole trace context (one contextvar, what operations use
+                # without a tracer).
+                self._corr_token = CORRELATION.set(remote[:2])
+            else:
+                if remote is not None:
                     parent = trace.NonRecordingSpan(
                         trace.SpanContext(remote[0], remote[1], True, _FLAGS[remote[2] & 1])
                     )
                     ctx = trace.set_span_in_context(parent, ctx)
-            if self._corr_token is None:
                 self._otel_token = otel_context.attach(ctx)
-            self._user_token = USER.set(_request_user(user, request, span, baggage_user))
+            self._user_token = USER.set(
+                _request_user(user, request, span, baggage_user, plain_user)
+            )
             if sdk is not None:
-                _sentry_scope.set_user(USER.get())
-                _sentry_scope.align_trace(format(trace_id, "032x"))
+                trace_id = remote[0] if remote is not None else span.get_span_context().trace_id
+                _sentry_scope.set_user(USER.get(), sdk)
+                _sentry_scope.align_trace(format(trace_id, "032x"), sdk, sentry_span)
         except Exception:
             logger.warning("invariantkit: could not bind the request's context", exc_info=True)
 
@@ -203,8 +227,20 @@ class RequestContext:
                 pass
 
 
+def _decode_plain(raw: str) -> str:
+    """The user id in a ``baggage`` of only ``user_id=<raw>``, decoded as OpenTelemetry's
+    propagator (and so ``ik.extract()``) decodes it."""
+    if "%" in raw or "+" in raw or raw != raw.strip():
+        raw = unquote_plus(raw).strip()
+    return decode_user(raw)
+
+
 def _request_user(
-    user: Callable[[Any], object] | None, request: Any, span: Any, baggage_user: str | None
+    user: Callable[[Any], object] | None,
+    request: Any,
+    span: Any,
+    baggage_user: str | None,
+    plain_baggage_user: str | None = None,
 ) -> str | None:
     """The user of the request: what ``user(request)`` returns, validated and made safe as
     ``identify()`` does it (an invalid one is logged and ignored), else the one in ``baggage``
@@ -227,4 +263,6 @@ def _request_user(
                 if text is not None and span is not None and span.is_recording():
                     span.set_attribute("enduser.id", text)  # as identify() does
                 return text
+    if plain_baggage_user is not None:
+        baggage_user = _decode_plain(plain_baggage_user)
     return user_id_text(baggage_user) if baggage_user else None
