@@ -282,3 +282,79 @@ def test_a_starlette_that_keeps_other_state_gets_its_own_constructor(
     conn = _connection_of(_scope())
     assert "_headers" not in vars(conn)
     assert conn.headers.get("x-user") == "u1"
+
+
+def test_the_traceparent_is_parsed_only_when_invariantkit_reads_the_correlation() -> None:
+    """Without Sentry or an OpenTelemetry SDK, a request that never reaches invariantkit never
+    parses its traceparent; the first read gets the incoming trace."""
+    parsed: list[object] = []
+
+    def counting(value: object) -> tuple[int, int, int] | None:
+        parsed.append(value)
+        return _parse_traceparent(value)  # type: ignore[arg-type]
+
+    from invariantkit.integrations import _common
+
+    context = RequestContext()
+    original = _common._parse_traceparent
+    _common._parse_traceparent = counting  # type: ignore[assignment]
+    try:
+        context.enter(TRACEPARENT, None)
+        assert parsed == []
+        assert ik.correlation_id() == TRACE_ID
+        assert ik.correlation_id() == TRACE_ID
+        assert parsed == [TRACEPARENT]
+    finally:
+        _common._parse_traceparent = original
+        context.leave()
+
+
+def test_threads_of_one_request_read_one_correlation() -> None:
+    """No traceparent: the ids are made at the first read, and threads that read at the same
+    moment all get the same ones."""
+    import threading
+
+    from invariantkit._context import PendingIds
+
+    for _ in range(50):
+        pending = PendingIds(None, _parse_traceparent)
+        start = threading.Barrier(8)
+        seen: list[tuple[int, int]] = []
+
+        def read(
+            pending: PendingIds = pending,
+            start: threading.Barrier = start,
+            seen: list[tuple[int, int]] = seen,
+        ) -> None:
+            start.wait()
+            seen.append(pending.ids())
+
+        threads = [threading.Thread(target=read) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(5)
+        assert len(seen) == 8
+        assert len(set(seen)) == 1
+
+
+def test_a_task_started_in_the_request_shares_its_lazy_correlation() -> None:
+    """asyncio tasks copy the request's context: one correlation id for the request and its
+    tasks, whichever reads it first."""
+
+    async def main() -> tuple[str, str]:
+        context = RequestContext()
+        context.enter(None, None)
+        try:
+            in_task = await asyncio.create_task(_read_later())  # the first read, in the task
+            return in_task, ik.correlation_id()
+        finally:
+            context.leave()
+
+    in_task, in_request = asyncio.run(main())
+    assert in_task == in_request
+
+
+async def _read_later() -> str:
+    await asyncio.sleep(0)
+    return ik.correlation_id()

@@ -7,9 +7,10 @@ import hmac
 import os
 import random
 import re
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from contextvars import ContextVar, Token
 from types import TracebackType
+from typing import Any
 from urllib.parse import quote, unquote
 
 from opentelemetry import baggage as otel_baggage
@@ -25,10 +26,51 @@ __all__ = ["Binding", "correlation_id", "extract", "identify", "inject"]
 
 #: The user bound with ``identify()`` in the current context.
 USER: ContextVar[str | None] = ContextVar("invariantkit.user_id", default=None)
-#: The fallback correlation ``(trace_id, span_id)`` when no valid OpenTelemetry span is current.
-CORRELATION: ContextVar[tuple[int, int] | None] = ContextVar(
+
+
+class PendingIds:
+    """A request's incoming ``traceparent``, parsed when invariantkit first reads the correlation
+    (an integration binds one when neither Sentry nor an OpenTelemetry SDK needs the ids at once):
+    a request that never reaches invariantkit never pays for the parse. ``parse(header)`` gives
+    ``(trace_id, span_id, flags)`` or None (then new random ids). The first ids made are the
+    request's for good, even when threads of the request read them at the same moment."""
+
+    __slots__ = ("_header", "_ids", "_parse")
+
+    def __init__(self, header: Any, parse: Callable[[Any], tuple[int, int, int] | None]) -> None:
+        self._header = header
+        self._parse = parse
+        self._ids: list[tuple[int, int]] = []  # one item, once made: append() is atomic
+
+    def ids(self) -> tuple[int, int]:
+        made = self._ids
+        if not made:
+            try:
+                parsed = self._parse(self._header)
+            except Exception:
+                parsed = None
+            made.append(parsed[:2] if parsed is not None else (new_trace_id(), new_span_id()))
+        return made[0]
+
+
+#: The fallback correlation ``(trace_id, span_id)`` when no valid OpenTelemetry span is current
+#: (read it with :func:`bound_ids`: an integration may bind a :class:`PendingIds`).
+CORRELATION: ContextVar[tuple[int, int] | PendingIds | None] = ContextVar(
     "invariantkit.correlation", default=None
 )
+
+
+#: What ``CORRELATION.set()`` returns.
+CorrelationToken = Token["tuple[int, int] | PendingIds | None"]
+
+
+def bound_ids() -> tuple[int, int] | None:
+    """The bound correlation ``(trace_id, span_id)``, else None."""
+    value = CORRELATION.get()
+    if type(value) is PendingIds:
+        return value.ids()
+    return value  # type: ignore[return-value]
+
 
 BAGGAGE_USER_KEY = "user_id"
 _TRACECONTEXT = TraceContextTextMapPropagator()
@@ -51,7 +93,7 @@ def current_ids() -> tuple[int, int] | None:
     ctx = trace.get_current_span().get_span_context()
     if ctx.is_valid:
         return ctx.trace_id, ctx.span_id
-    return CORRELATION.get()
+    return bound_ids()
 
 
 def correlation_id() -> str:
@@ -264,7 +306,7 @@ def sampled_parent(
 def _current_context() -> otel_context.Context:
     ctx = otel_context.get_current()
     if not trace.get_current_span(ctx).get_span_context().is_valid:
-        ids = CORRELATION.get()
+        ids = bound_ids()
         if ids is not None:
             ctx = sampled_parent(ids[0], ids[1], ctx)
     user = USER.get()

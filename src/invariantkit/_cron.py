@@ -36,7 +36,14 @@ from invariantkit._catalog import (
     get_catalog,
 )
 from invariantkit._config import STATE, dispatcher
-from invariantkit._context import CORRELATION, USER, current_ids, new_span_id, new_trace_id
+from invariantkit._context import (
+    CORRELATION,
+    USER,
+    CorrelationToken,
+    current_ids,
+    new_span_id,
+    new_trace_id,
+)
 from invariantkit._control_flow import is_control_flow as _is_control_flow
 from invariantkit._dispatch import Dispatcher
 from invariantkit._operation import _record_exception
@@ -139,7 +146,7 @@ class CronRun:
         self._ended = False
         self._span: trace.Span | None = None
         self._token: Token[otel_context.Context] | None = None
-        self._corr_token: Token[tuple[int, int] | None] | None = None
+        self._corr_token: CorrelationToken | None = None
         self._user = USER.get()
         self.trace_id = 0
         self.span_id = 0

@@ -13,7 +13,14 @@ from opentelemetry import trace
 
 from invariantkit._catalog import Declaration, Invariant, get_catalog
 from invariantkit._config import STATE, Config, current_config, dispatcher, on_configure
-from invariantkit._context import CORRELATION, USER, new_span_id, new_trace_id, sampled_parent
+from invariantkit._context import (
+    CORRELATION,
+    USER,
+    bound_ids,
+    new_span_id,
+    new_trace_id,
+    sampled_parent,
+)
 from invariantkit._dispatch import NO_SPAN
 from invariantkit._record import EMPTY, Record
 from invariantkit._safe import safe_mapping, safe_str, safe_tags
@@ -81,7 +88,7 @@ def emit_violation(
     # What current_ids() returns, with one lookup of the current span for both questions.
     current = _get_current_span()
     context = current.get_span_context()
-    bound = (context.trace_id, context.span_id) if context.is_valid else CORRELATION.get()
+    bound = (context.trace_id, context.span_id) if context.is_valid else bound_ids()
     ids: tuple[int, int] | None = bound
     traces = d.traces
     if traces is not None and not current.is_recording():

@@ -18,7 +18,14 @@ from typing_extensions import ParamSpec
 
 from invariantkit._catalog import LABEL_VALUE, LOWER_SNAKE, OperationDecl, check_name, get_catalog
 from invariantkit._config import STATE, dispatcher
-from invariantkit._context import CORRELATION, USER, current_ids, new_span_id, new_trace_id
+from invariantkit._context import (
+    CORRELATION,
+    USER,
+    CorrelationToken,
+    current_ids,
+    new_span_id,
+    new_trace_id,
+)
 from invariantkit._control_flow import is_control_flow as _is_control_flow
 from invariantkit._dispatch import Dispatcher
 from invariantkit._record import EMPTY, Record
@@ -144,7 +151,7 @@ class OperationRun:
                 span = traces.tracer.start_span(plan.span_name, attributes=attributes)
             self._span: trace.Span | None = span
             self._token: Token[otel_context.Context] | None = _attach(_set_span_in_context(span))
-            self._corr_token: Token[tuple[int, int] | None] | None = None
+            self._corr_token: CorrelationToken | None = None
             ctx = span.get_span_context()
             self.trace_id: int = ctx.trace_id
             self.span_id: int = ctx.span_id

@@ -23,6 +23,7 @@ from invariantkit._context import (
     BAGGAGE_USER_KEY,
     CORRELATION,
     USER,
+    PendingIds,
     new_span_id,
     new_trace_id,
     user_id_text,
@@ -143,19 +144,10 @@ class RequestContext:
             ctx = otel_context.get_current()
             # An empty context has no span: no lookups.
             span: Any = trace.get_current_span(ctx) if ctx else None
-            if span is not None and span.get_span_context().is_valid:
-                remote = None  # OpenTelemetry's instrumentation continued the trace
-            else:
+            # The incoming trace, parsed below only when something needs its ids now.
+            continued = span is not None and span.get_span_context().is_valid
+            if not continued:  # else OpenTelemetry's instrumentation continued the trace
                 span = None
-                remote = _parse_traceparent(traceparent)
-                if remote is None:
-                    ids = None
-                    if sdk is not None:
-                        ids = _sentry_scope.current_trace(sdk, sentry_span)
-                    if ids is not None:
-                        remote = (int(ids[0], 16), int(ids[1], 16), 1)
-                    else:
-                        remote = (new_trace_id(), new_span_id(), 1)
             baggage_user = plain_user = None
             if baggage:
                 if baggage.startswith(_USER_PREFIX) and "," not in baggage and ";" not in baggage:
@@ -165,17 +157,30 @@ class RequestContext:
                     value = otel_baggage.get_baggage(BAGGAGE_USER_KEY, ctx)
                     if isinstance(value, str):
                         baggage_user = decode_user(value)
+            remote = None
             if (
-                remote is not None
+                not continued
+                and sdk is None
                 and not ctx
                 # _no_tracer_sdk(), its answer of the last second read inline
                 and (_sdk_absent if _monotonic() - _sdk_checked_at <= 1.0 else _no_tracer_sdk())
             ):
-                # No OpenTelemetry SDK and nothing else in the context: invariantkit's own
-                # correlation is the whole trace context (one contextvar, what operations use
-                # without a tracer).
-                self._corr_token = CORRELATION.set(remote[:2])
+                # No OpenTelemetry SDK, no Sentry, nothing else in the context: invariantkit's
+                # own correlation is the whole trace context (one contextvar, what operations use
+                # without a tracer), and the traceparent is parsed when invariantkit first reads
+                # it: a request that never reaches invariantkit never pays for it.
+                self._corr_token = CORRELATION.set(PendingIds(traceparent, _parse_traceparent))
             else:
+                if not continued:
+                    remote = _parse_traceparent(traceparent)
+                    if remote is None:
+                        ids = None
+                        if sdk is not None:
+                            ids = _sentry_scope.current_trace(sdk, sentry_span)
+                        if ids is not None:
+                            remote = (int(ids[0], 16), int(ids[1], 16), 1)
+                        else:
+                            remote = (new_trace_id(), new_span_id(), 1)
                 if remote is not None:
                     parent = trace.NonRecordingSpan(
                         trace.SpanContext(remote[0], remote[1], True, _FLAGS[remote[2] & 1])
