@@ -201,35 +201,26 @@ class RequestContext:
         """Restore what was bound before :meth:`enter`. Never raises."""
         # Each reset on its own: one failing (left in another context) must not keep the others.
         if self._user_token is not None:
-            token, self._user_token = self._user_token, None
-            try:
-                USER.reset(token)
-            except Exception:
-                pass
+            _quietly(USER.reset, self._user_token)
         if self._otel_token is not None:
-            token, self._otel_token = self._otel_token, None
-            try:
-                otel_context.detach(token)
-            except Exception:
-                pass
+            _quietly(otel_context.detach, self._otel_token)
         if self._corr_token is not None:
-            token, self._corr_token = self._corr_token, None
-            try:
-                CORRELATION.reset(token)
-            except Exception:
-                pass
+            _quietly(CORRELATION.reset, self._corr_token)
         if self._in_request is not None:
-            token, self._in_request = self._in_request, None
-            try:
-                _sentry_scope.IN_REQUEST.reset(token)
-            except Exception:
-                pass
+            _quietly(_sentry_scope.IN_REQUEST.reset, self._in_request)
         if self._sentry is not None:
-            sentry, self._sentry = self._sentry, None
-            try:
-                sentry.__exit__(None, None, None)
-            except Exception:
-                pass
+            _quietly(self._sentry.__exit__, None, None, None)
+        self._user_token = self._otel_token = self._corr_token = None
+        self._in_request = self._sentry = None
+
+
+def _quietly(undo: Callable[..., object], *args: Any) -> None:
+    """``undo(*args)``, whatever it raises (a token made in another context, a scope already
+    closed): leaving a request never fails it."""
+    try:
+        undo(*args)
+    except Exception:
+        pass
 
 
 def _decode_plain(raw: str) -> str:
